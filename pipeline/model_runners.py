@@ -1,0 +1,332 @@
+"""Model runners: one per task kind, turning a batch of decoded clips into per-clip results.
+
+A runner owns one block (built once per model actor, weights loaded once) and maps
+``frames (B, T, H, W, 3) uint8`` plus per-clip metadata to ``ClipResult``s. The job kinds:
+
+- ``classify``: top-k labels + scores + the clip feature;
+- ``embed``: the clip feature only;
+- ``motion``: optical-flow statistics from an ``ifnet-*`` block (and optional 2x frame rate clips);
+- ``enhance``: ``wrqe`` enhanced clips + per-clip metrics;
+- ``inpaint``: ``fuseformer`` over masked clips (rectangles or mask videos) → output clips.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+import blocks
+from pipeline.spec import ModelSpec, TaskKind
+
+log = logging.getLogger(__name__)
+
+CLASSIFIERS = {"frame-average", "lrcn", "convpool", "convpool-lstm", "two-stream", "i3d-inflated",
+               "efficientnet-lite0", "hcrn-classifier"}
+
+
+class ModelConfigError(ValueError):
+    """A model entry of the spec cannot run as given (missing weights, unknown task, bad option)."""
+
+
+@dataclass
+class ClipResult:
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    feature: np.ndarray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    media_uri: str | None = None
+
+    def __repr__(self) -> str:
+        shape = None if self.feature is None else self.feature.shape
+        return f"ClipResult(labels={self.labels[:3]}, feature={shape}, metrics={list(self.metrics)})"
+
+
+def infer_task(spec: ModelSpec) -> TaskKind:
+    """The spec's task, or the natural one for the block."""
+    if spec.task:
+        return spec.task
+    if spec.name in CLASSIFIERS:
+        return "classify"
+    if spec.name.startswith("ifnet"):
+        return "motion"
+    if spec.name == "wrqe":
+        return "enhance"
+    if spec.name == "fuseformer":
+        return "inpaint"
+    raise ModelConfigError(f"model {spec.name!r}: set `task` (one of classify, embed, motion, "
+                           "enhance, inpaint)")
+
+
+def check_model_spec(spec: ModelSpec) -> None:
+    """Fail fast (before Ray starts) on unknown blocks, incompatible tasks and missing weights."""
+    info = blocks.block_info(spec.name)
+    task = infer_task(spec)
+    compatible = {
+        "classify": CLASSIFIERS, "embed": CLASSIFIERS,
+        "motion": {"ifnet-eccv", "ifnet-v4"}, "enhance": {"wrqe"}, "inpaint": {"fuseformer"},
+    }[task]
+    if spec.name not in compatible:
+        raise ModelConfigError(f"model {spec.name!r} cannot run task {task!r}; "
+                               f"blocks for it: {sorted(compatible)}")
+    if info.needs_weights and not spec.weights:
+        raise ModelConfigError(
+            f"model {spec.name!r} needs weights: set `weights` to a checkpoint path/URL or an MLflow "
+            f"model URI (models:/name/version). Official checkpoint: {info.official_checkpoint or 'n/a'}")
+
+
+def resolve_weights(weights: str | None, tracking_uri: str | None) -> str | None:
+    if weights and weights.startswith(("models:/", "runs:/")):
+        from pipeline.tracking import resolve_model_uri
+
+        return resolve_model_uri(weights, tracking_uri)
+    return weights
+
+
+class ModelRunner:
+    """Base: builds the block, places it, and sets torch threads to the actor's CPU allotment."""
+
+    def __init__(self, spec: ModelSpec, *, output: str, fps_hint: float = 25.0,
+                 storage_options: Mapping[str, Any] | None = None, tracking_uri: str | None = None):
+        self.spec = spec
+        self.options = dict(spec.options)
+        self.output = output
+        self.storage_options = dict(storage_options or {})
+        self.device = torch.device("cuda" if torch.cuda.is_available() and (spec.num_gpus or 0) > 0
+                                   else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(math.ceil(spec.num_cpus or 1))))
+        weights = resolve_weights(spec.weights, tracking_uri)
+        self.model = blocks.create_block(spec.name, weights=weights, **spec.config).eval().to(self.device)
+        self.model_version = os.path.basename(weights) if weights else "builtin"
+        if self.options.get("channels_last", True):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.options.get("quantize") == "int8" and self.device.type == "cpu":
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear, torch.nn.LSTM},
+                                                                dtype=torch.qint8)
+        self._forward = self.model
+        if self.options.get("compile", False):
+            self._forward = torch.compile(self.model, dynamic=False)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def to_unit(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) → float (B, T, 3, H, W) in [0, 1] on the model's device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        return x.permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, T, 3, H, W)
+
+    def media_uri(self, meta: Mapping[str, Any]) -> str:
+        from pipeline.media import clip_media_uri
+
+        return clip_media_uri(self.output, self.spec.output_key, meta["video_id"], int(meta["clip_index"]))
+
+    def encode(self, frames_unit: torch.Tensor, meta: Mapping[str, Any], fps: float) -> str:
+        """Encode (T, 3, H, W) in [0, 1] as the clip's media file; returns its URI."""
+        from pipeline.media import encode_clip
+
+        uri = self.media_uri(meta)
+        arr = (frames_unit.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        encode_clip(arr, uri, fps=fps, storage_options=self.storage_options)
+        return uri
+
+    def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
+        raise NotImplementedError
+
+
+class ClassifyRunner(ModelRunner):
+    """Top-k labels, scores and the clip feature from a clip classifier (or the frame encoder)."""
+
+    def __init__(self, spec: ModelSpec, *, embed_only: bool = False, **kw: Any):
+        super().__init__(spec, **kw)
+        self.embed_only = embed_only
+        self.top_k = int(self.options.get("top_k", 5))
+        prep = getattr(self.model, "preprocessing", None) or _encoder_preprocessing(self.model)
+        self.mean = torch.tensor(prep.mean, device=self.device).view(1, 1, 3, 1, 1) / 255.0
+        self.std = torch.tensor(prep.std, device=self.device).view(1, 1, 3, 1, 1) / 255.0
+        labels = self.options.get("labels") or getattr(self.model, "labels", None)
+        self.labels = list(labels) if labels else None
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, 3, H, W) normalised → features (B, D), logits (B, K)."""
+        model = self.model
+        if self.spec.name == "efficientnet-lite0":  # a frame model: average over time
+            b, t = x.shape[:2]
+            flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (B*T, 3, H, W)
+            feats = model.forward_features(flat).view(b, t, -1).mean(1)  # (B, D)
+            return feats, model.head(feats)
+        feats = model.forward_features(x)
+        return feats, model.head(feats)
+
+    @torch.inference_mode()
+    def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
+        x = (self.to_unit(frames) - self.mean) / self.std  # (B, T, 3, H, W)
+        with self.autocast():
+            feats, logits = self.features_and_logits(x)
+        feats = feats.float().cpu().numpy()
+        if self.embed_only:
+            return [ClipResult(feature=f) for f in feats]
+        probs = torch.softmax(logits.float(), dim=-1)
+        k = min(self.top_k, probs.shape[-1])
+        top = probs.topk(k, dim=-1)
+        out = []
+        for f, idx, val in zip(feats, top.indices.cpu().tolist(), top.values.cpu().tolist()):
+            names = [self.labels[i] if self.labels else f"class_{i}" for i in idx]
+            out.append(ClipResult(labels=names, scores=[float(v) for v in val], feature=f))
+        return out
+
+
+def _encoder_preprocessing(model):
+    from blocks.efficientnet_lite import PREPROCESS
+
+    return getattr(getattr(model, "encoder", None), "preprocessing", None) or PREPROCESS
+
+
+class MotionRunner(ModelRunner):
+    """Flow statistics between consecutive frames of each clip (RIFE IFNet ``estimate_flow``).
+
+    The flow's 4 channels are the intermediate flows F(t→0) and F(t→1) at t = 0.5; their
+    difference is the 0→1 motion, in pixels at the decoded size. ``motion_score`` is the mean
+    magnitude per frame step scaled to a 256-pixel-wide frame, so scores compare across sizes.
+    With ``options.interpolate = true`` the runner also writes a 2x frame-rate clip.
+    """
+
+    @torch.inference_mode()
+    def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
+        x = self.to_unit(frames)  # (B, T, 3, H, W)
+        b, t, _, h, w = x.shape
+        if t < 2:
+            return [ClipResult(metrics={"motion_score": 0.0}) for _ in metas]
+        img0 = x[:, :-1].flatten(0, 1)  # (B*(T-1), 3, H, W)
+        img1 = x[:, 1:].flatten(0, 1)
+        with self.autocast():
+            flow, _mask = self.model.estimate_flow(img0, img1)
+        motion = (flow[:, 2:4] - flow[:, 0:2]).float()  # (N, 2, H, W): displacement 0 → 1
+        mag = motion.norm(dim=1).view(b, t - 1, -1)  # (B, T-1, H*W)
+        results = []
+        for i, meta in enumerate(metas):
+            m = mag[i].flatten()
+            q = torch.quantile(m[:: max(1, m.numel() // 65536)], torch.tensor([0.5, 0.9, 0.99], device=m.device))
+            metrics = {
+                "flow_mean": float(m.mean()), "flow_p50": float(q[0]), "flow_p90": float(q[1]),
+                "flow_p99": float(q[2]), "flow_max": float(m.max()),
+                "motion_score": float(m.mean() * 256.0 / w),
+            }
+            media = None
+            if self.options.get("interpolate", False):
+                mids = self.model.interpolate(x[i, :-1], x[i, 1:], timestep=0.5)  # (T-1, 3, H, W)
+                both = torch.stack([x[i, :-1], mids], 1).flatten(0, 1)  # (2(T-1), 3, H, W)
+                media = self.encode(torch.cat([both, x[i, -1:]]), meta, 2 * float(meta["fps"]))
+            results.append(ClipResult(metrics=metrics, media_uri=media))
+        return results
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 99.0 if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+class EnhanceRunner(ModelRunner):
+    """WRQE enhancement of each clip; side information derived per frame when none is given.
+
+    Side information per frame: encoded size of the frame's packet (bits) and a quality
+    estimate (sharpness: variance of the Laplacian of the decoded luma), turned into the
+    10-value window by ``blocks.wrqe.derive_side_info``.
+    """
+
+    @torch.inference_mode()
+    def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
+        from blocks.wrqe import derive_side_info
+
+        x = self.to_unit(frames)  # (B, T, 3, H, W)
+        side = []
+        for i, meta in enumerate(metas):
+            bits = np.asarray(meta.get("frame_bytes") if meta.get("frame_bytes") is not None
+                              else np.ones(x.shape[1]), dtype=np.float64) * 8
+            quality = _sharpness(x[i])
+            side.append(torch.as_tensor(np.asarray(derive_side_info(bits, quality)), dtype=torch.float32))
+        side_t = torch.stack(side).to(self.device)  # (B, T, 10)
+        with self.autocast():
+            y = self.model(x, side_t).float().clamp(0, 1)
+        out = []
+        for i, meta in enumerate(metas):
+            metrics = {"psnr_vs_decoded": _psnr(y[i], x[i]),
+                       "mean_abs_change": float((y[i] - x[i]).abs().mean() * 255)}
+            out.append(ClipResult(metrics=metrics, media_uri=self.encode(y[i], meta, float(meta["fps"]))))
+        return out
+
+
+def _sharpness(clip: torch.Tensor) -> np.ndarray:
+    """Variance of the Laplacian of each frame's luma: (T, 3, H, W) → (T,)."""
+    luma = (0.299 * clip[:, 0] + 0.587 * clip[:, 1] + 0.114 * clip[:, 2]).unsqueeze(1)  # (T, 1, H, W)
+    kernel = clip.new_tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3)
+    lap = torch.nn.functional.conv2d(luma, kernel)
+    return lap.flatten(1).var(dim=1).cpu().numpy()
+
+
+class InpaintRunner(ModelRunner):
+    """FuseFormer over masked clips; the known region is kept, the masked one generated.
+
+    Masks come from ``options.masks``: a list of ``{video = "glob on video_uri", rects =
+    [[x, y, w, h], ...]}`` in fractions of the frame (0..1), and/or ``options.mask_video``: a
+    URI template (``{stem}`` = video file stem) of mask videos decoded at the clip's frames,
+    white = to inpaint.
+    """
+
+    @torch.inference_mode()
+    def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
+        x = self.to_unit(frames)  # (B, T, 3, H, W)
+        b, t, _, h, w = x.shape
+        masks = torch.stack([self.mask_for(meta, t, h, w) for meta in metas]).to(self.device)  # (B, T, 1, H, W)
+        masked = (x * 2 - 1) * (1 - masks)  # [-1, 1], hole = 0
+        with self.autocast():
+            pred = self.model(masked).float()  # (B, T, 3, H, W) in [-1, 1]
+        comp = ((pred + 1) / 2).clamp(0, 1) * masks + x * (1 - masks)
+        out = []
+        for i, meta in enumerate(metas):
+            metrics = {"masked_fraction": float(masks[i].mean())}
+            out.append(ClipResult(metrics=metrics, media_uri=self.encode(comp[i], meta, float(meta["fps"]))))
+        return out
+
+    def mask_for(self, meta: Mapping[str, Any], t: int, h: int, w: int) -> torch.Tensor:
+        mask = torch.zeros(t, 1, h, w)
+        for entry in self.options.get("masks", []):
+            if fnmatch.fnmatch(str(meta["video_uri"]), entry.get("video", "*")):
+                for x0, y0, rw, rh in entry["rects"]:
+                    mask[:, :, int(y0 * h):int(math.ceil((y0 + rh) * h)),
+                         int(x0 * w):int(math.ceil((x0 + rw) * w))] = 1
+        template = self.options.get("mask_video")
+        if template:
+            mask = torch.maximum(mask, self._mask_video(template, meta, t, h, w))
+        return mask
+
+    def _mask_video(self, template: str, meta: Mapping[str, Any], t: int, h: int, w: int) -> torch.Tensor:
+        import io
+
+        import decord
+
+        from pipeline.uris import filesystem
+
+        stem = os.path.splitext(os.path.basename(str(meta["video_uri"]).split("#")[-1]))[0]
+        fs, path = filesystem(template.format(stem=stem), self.storage_options)
+        if not fs.exists(path):
+            return torch.zeros(t, 1, h, w)
+        vr = decord.VideoReader(io.BytesIO(fs.cat_file(path)), width=w, height=h)
+        idx = [min(int(i), len(vr) - 1) for i in meta["frame_indices"]]
+        m = torch.from_numpy(vr.get_batch(idx).asnumpy()).float().mean(-1, keepdim=True) > 127  # (T, H, W, 1)
+        return m.permute(0, 3, 1, 2).float()
+
+
+def build_runner(spec: ModelSpec, **kw: Any) -> ModelRunner:
+    task = infer_task(spec)
+    if task in ("classify", "embed"):
+        return ClassifyRunner(spec, embed_only=(task == "embed"), **kw)
+    return {"motion": MotionRunner, "enhance": EnhanceRunner, "inpaint": InpaintRunner}[task](spec, **kw)

@@ -1,0 +1,391 @@
+"""``run_job(spec)``: the main job, end to end.
+
+1. validate everything that can be checked before Ray starts (models, weights, output access);
+2. list the archive on the driver; resume: skip what earlier runs of the same job published;
+3. probe videos (Ray tasks), plan clips, fan long videos out into segment tasks;
+4. stream segments through decode actors and one actor pool per model (Ray Data);
+5. publish each finished segment and video atomically; track the run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from pipeline import errors
+from pipeline.archive import list_archive
+from pipeline.model_runners import check_model_spec, infer_task
+from pipeline.records import SegmentTask, VideoProbe, VideoTask
+from pipeline.sampling import plan_clips, split_segments
+from pipeline.sink import TableSink
+from pipeline.spec import JobSpec
+from pipeline.uris import redact, redact_uri
+from pipeline.workers import RESULT_PREFIX, DecodeWorker, ModelWorker, probe_row
+
+log = logging.getLogger(__name__)
+
+
+class JobFailedError(RuntimeError):
+    """The job ran but more videos failed than ``max_error_fraction`` allows."""
+
+
+class OutputConflictError(ValueError):
+    """The output URI holds the tables of a different job (other input, sampling or models)."""
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    output: str
+    run_id: str | None
+    summary: dict[str, Any]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    tracking_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.summary.get("within_error_budget", True) else 1
+
+
+def job_id_for(spec: JobSpec) -> str:
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in spec.name)[:40]
+    return f"{slug}-{spec.fingerprint()[:10]}"
+
+
+@dataclass
+class _VideoState:
+    task: VideoTask
+    probe: VideoProbe | None = None
+    num_segments: int = 0
+    segments_done: set[int] = field(default_factory=set)
+    num_clips: int = 0
+    decode_s: float = 0.0
+    infer_s: float = 0.0
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class _Segment:
+    expected: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+
+
+class _Collector:
+    """Driver side: gathers clip rows per segment and publishes complete segments and videos."""
+
+    def __init__(self, spec: JobSpec, job_id: str, sink: TableSink, videos: dict[str, _VideoState],
+                 on_clips: Callable[[int], None]):
+        self.spec, self.job_id, self.sink, self.videos = spec, job_id, sink, videos
+        self.finished: list[dict[str, str]] = []  # one entry per published videos row
+        self.keys = [m.output_key for m in spec.models]
+        self.versions: dict[str, str] = {}
+        self.pending: dict[tuple[str, int], _Segment] = {}
+        self.on_clips = on_clips
+        self.clips_written = 0
+        self.frames_decoded = 0
+        self.label_counts: Counter[str] = Counter()
+        self.model_errors: Counter[str] = Counter()
+        self.decode_s = 0.0
+        self.infer_s = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        key = (str(row["video_id"]), int(row["segment_index"]))
+        seg = self.pending.setdefault(key, _Segment(expected=int(row["clips_in_segment"])))
+        state = self.videos[key[0]]
+        state.decode_s += float(row["decode_s"])
+        self.decode_s += float(row["decode_s"])
+        if not row["ok"]:
+            seg.error = {k: str(row[k]) for k in ("status", "error_type", "error_message")}
+            seg.expected = int(row.get("emitted_before_error") or 0)
+        else:
+            seg.rows.append(row)
+            self.frames_decoded += len(row["frame_indices"])
+            for k in self.keys:
+                state.infer_s += float(row[f"infer_s:{k}"])
+                self.infer_s += float(row[f"infer_s:{k}"])
+        if len(seg.rows) >= seg.expected and (seg.error or seg.expected == int(row["clips_in_segment"])):
+            self._finish_segment(key, seg)
+
+    def _finish_segment(self, key: tuple[str, int], seg: _Segment) -> None:
+        import pickle
+
+        del self.pending[key]
+        state = self.videos[key[0]]
+        if seg.error:
+            state.error = state.error or seg.error
+        else:
+            for model in self.spec.models:
+                k = model.output_key
+                out_rows = []
+                for r in seg.rows:
+                    res = pickle.loads(r[RESULT_PREFIX + k])
+                    if isinstance(res, dict):  # the model failed on this clip's batch
+                        state.error = state.error or {"status": "error", "error_type": "ModelError",
+                                                      "error_message": res["model_error"][:2000]}
+                        self.model_errors[k] += 1
+                        out_rows = None
+                        break
+                    out_rows.append(self._clip_row(r, k, res))
+                    if res.labels:
+                        self.label_counts[res.labels[0]] += 1
+                if out_rows is not None:
+                    self.sink.write_segment(key[0], key[1], k, out_rows)
+            state.num_clips += len(seg.rows)
+            self.clips_written += len(seg.rows)
+        state.segments_done.add(key[1])
+        self.on_clips(len(seg.rows))
+        if len(state.segments_done) >= state.num_segments:
+            self.finish_video(state)
+
+    def _clip_row(self, r: dict[str, Any], key: str, res) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "video_id": str(r["video_id"]), "video_uri": str(r["video_uri"]),
+            "clip_index": int(r["clip_index"]), "start_frame": int(r["start_frame"]),
+            "end_frame": int(r["end_frame"]), "start_s": float(r["start_s"]), "end_s": float(r["end_s"]),
+            "model": key, "model_version": self.versions.get(key, ""),
+            "labels": list(res.labels), "scores": [float(s) for s in res.scores],
+            "feature": res.feature, "metrics": dict(res.metrics), "media_uri": res.media_uri,
+        }
+
+    def finish_video(self, state: _VideoState) -> None:
+        p = state.probe
+        err = state.error or {}
+        self.sink.write_video({
+            "video_id": state.task.video_id, "video_uri": state.task.video_uri,
+            "bytes": state.task.size,
+            "duration_s": p.duration_s if p else None, "fps": p.fps if p else None,
+            "num_frames": p.num_frames if p else None, "width": p.width if p else None,
+            "height": p.height if p else None, "codec": p.codec if p else None,
+            "num_clips": state.num_clips, "status": err.get("status", "ok"),
+            "error_type": err.get("error_type") or None, "error_message": err.get("error_message") or None,
+            "decode_s": state.decode_s, "infer_s": state.infer_s,
+        })
+        self.videos.pop(state.task.video_id, None)
+        self.finished.append(err | {"video_id": state.task.video_id, "video_uri": state.task.video_uri})
+
+
+def _init_ray(spec: JobSpec, address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
+                 include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def _resources(spec: JobSpec, ray) -> tuple[float, list[float], list[float]]:
+    """Per-actor CPU and GPU requests, scaled so every stage fits the cluster (a 2-CPU node
+    deadlocks when actor pools reserve every CPU and the probe tasks cannot be scheduled)."""
+    total_cpu = float(ray.cluster_resources().get("CPU", 1))
+    total_gpu = float(ray.cluster_resources().get("GPU", 0))
+    decode = spec.decode.actors * spec.decode.num_cpus
+    models = [m.actors * m.num_cpus for m in spec.models]
+    budget = max(0.5, total_cpu - 0.25)
+    scale = min(1.0, budget / max(1e-9, decode + sum(models)))
+    gpus = [(m.num_gpus if m.num_gpus is not None else (1.0 if total_gpu >= 1 else 0.0)) for m in spec.models]
+    return (spec.decode.num_cpus * scale, [m.num_cpus * scale for m in spec.models], gpus)
+
+
+def validate(spec: JobSpec) -> TableSink:
+    """Every check that needs no Ray: models and weights, output access, job identity."""
+    for model in spec.models:
+        check_model_spec(model)
+    sink = TableSink(spec.output, spec.storage_options)
+    try:
+        sink.check_writable()
+    except (OSError, PermissionError, ValueError) as err:
+        raise OSError(f"output {redact_uri(spec.output)} is not writable: {err}") from None
+    previous = sink.read_job()
+    if previous and previous.get("fingerprint") not in (None, spec.fingerprint()):
+        raise OutputConflictError(
+            f"output {redact_uri(spec.output)} holds job {previous.get('job_id')} with a different "
+            "input, sampling or model list; choose another output URI")
+    return sink
+
+
+def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None = None,
+            progress: bool = False) -> JobResult:
+    """Run ``spec`` to completion; see the module docstring for the stages."""
+    from pipeline.tracking import JobTracker, runtime_tags
+
+    started = time.time()
+    sink = validate(spec)
+    listing = list_archive(spec.input, spec.storage_options)
+    job_id = job_id_for(spec)
+    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment,
+                         spec.mlflow.run_name or job_id, fail_fast=spec.mlflow.fail_fast) \
+        if spec.mlflow.enabled else None
+    ray = _init_ray(spec, address)
+    run_id = tracker.start(redact(spec.model_dump()), runtime_tags() | {"job_id": job_id}) if tracker else None
+    sink.write_job(_job_doc(spec, job_id, run_id, started, None, None))
+    try:
+        result = _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracker, spec_text)
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    if tracker:
+        tracker.end("FINISHED" if result.exit_code == 0 else "FAILED")
+        result.tracking_error = tracker.failed
+    return result
+
+
+def _job_doc(spec: JobSpec, job_id: str, run_id: str | None, started: float, ended: float | None,
+             counts: dict[str, Any] | None) -> dict[str, Any]:
+    from pipeline.tracking import runtime_tags
+
+    return {
+        "job_id": job_id, "fingerprint": spec.fingerprint(), "spec": redact(spec.model_dump()),
+        "versions": {k: v for k, v in runtime_tags().items() if k.startswith("version")},
+        "mlflow_run_id": run_id,
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "ended": datetime.fromtimestamp(ended, timezone.utc).isoformat() if ended else None,
+        "counts": counts or {},
+    }
+
+
+def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracker, spec_text) -> JobResult:
+    state = sink.state()
+    keys = [m.output_key for m in spec.models]
+    from pipeline.media import safe_path_segment
+
+    file_keys = [safe_path_segment(k) for k in keys]
+    todo = [t for t in listing.tasks if t.video_id not in state.videos]
+    resumed_videos = len(listing.tasks) - len(todo)
+
+    videos: dict[str, _VideoState] = {t.video_id: _VideoState(t) for t in todo}
+    segments: list[SegmentTask] = []
+    probes: dict[str, VideoProbe] = {}
+    resumed_segments = 0
+    collector = None
+
+    import ray.data as rd
+
+    if todo:
+        probed = rd.from_items([t.to_row() for t in todo]).map(
+            probe_row, fn_kwargs={"storage_options": spec.storage_options}, num_cpus=0.25,
+        ).take_all()
+    else:
+        probed = []
+    ready_videos: list[_VideoState] = []
+    for row in probed:
+        task = VideoTask.from_row(json.loads(row["task"]))
+        vs = videos[task.video_id]
+        if row["status"] != "ok":
+            vs.error = {k: row[k] for k in ("status", "error_type", "error_message")}
+            ready_videos.append(vs)
+            continue
+        probe = VideoProbe(**json.loads(row["probe"]))
+        vs.probe = probes[task.video_id] = probe
+        try:
+            clips = plan_clips(probe.num_frames, probe.fps, spec.sampling)
+        except errors.VideoError as err:
+            vs.error = {"status": err.status, "error_type": err.error_type, "error_message": str(err)}
+            ready_videos.append(vs)
+            continue
+        groups = split_segments(clips, probe.fps, spec.sampling.segment_s)
+        vs.num_segments = len(groups)
+        for i, group in enumerate(groups):
+            if all((task.video_id, i, fk) in state.segments for fk in file_keys):
+                vs.segments_done.add(i)
+                vs.num_clips += len(group)
+                resumed_segments += 1
+                continue
+            segments.append(SegmentTask(task, i, len(groups), tuple(group)))
+        if len(vs.segments_done) == vs.num_segments:
+            ready_videos.append(vs)
+
+    total_clips = sum(len(s.clips) for s in segments)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_clips, unit="clip", desc=spec.name, dynamic_ncols=True)
+    timeline: list[tuple[float, int]] = [(0.0, 0)]
+    t_run = time.time()
+
+    def on_clips(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+        timeline.append((time.time() - t_run, timeline[-1][1] + n))
+
+    collector = _Collector(spec, job_id, sink, videos, on_clips)
+    failed_or_done = collector.finished
+    for key, model in zip(keys, spec.models):
+        collector.versions[key] = os.path.basename(model.weights) if model.weights else "builtin"
+    for vs in ready_videos:
+        collector.finish_video(vs)
+
+    if segments:
+        decode_cpus, model_cpus, model_gpus = _resources(spec, ray)
+        want_sizes = any(infer_task(m) == "enhance" for m in spec.models)
+        tracking_uri = spec.mlflow.tracking_uri
+        ds = rd.from_items([{"segment": json.dumps(s.to_row()), "probe": json.dumps(probes[s.video.video_id].__dict__)}
+                            for s in segments], override_num_blocks=len(segments))
+        ds = ds.flat_map(
+            DecodeWorker,
+            fn_constructor_kwargs={"sampling": spec.sampling.model_dump(), "decode": spec.decode.model_dump(),
+                                   "storage_options": spec.storage_options, "want_packet_sizes": want_sizes},
+            concurrency=spec.decode.actors, num_cpus=decode_cpus,
+        )
+        for i, model in enumerate(spec.models):
+            ds = ds.map_batches(
+                ModelWorker,
+                fn_constructor_kwargs={"model": model.model_dump(), "output": spec.output,
+                                       "storage_options": spec.storage_options,
+                                       "tracking_uri": tracking_uri,
+                                       "drop_frames": i == len(spec.models) - 1},
+                batch_size=model.batch_size, batch_format="numpy", concurrency=model.actors,
+                num_cpus=model_cpus[i], num_gpus=model_gpus[i] or None,
+            )
+        for row in ds.iter_rows():
+            collector.add(row)
+    if bar is not None:
+        bar.close()
+    # Videos whose segments were all published earlier but whose row was not (a crash between).
+    for vs in list(videos.values()):
+        if vs.num_segments and len(vs.segments_done) >= vs.num_segments:
+            collector.finish_video(vs)
+
+    ended = time.time()
+    statuses = Counter(d.get("status", "ok") for d in failed_or_done)
+    failures = [d for d in failed_or_done if d.get("status", "ok") != "ok"]
+    n_videos = len(failed_or_done)
+    wall = max(1e-9, ended - t_run)
+    summary = {
+        "job_id": job_id, "output": redact_uri(spec.output), "mlflow_run_id": run_id,
+        "videos": len(listing.tasks), "videos_processed": n_videos,
+        "videos_ok": statuses.get("ok", 0), "videos_failed": len(failures),
+        "videos_by_status": dict(statuses),
+        "failures_by_type": dict(Counter(d.get("error_type") for d in failures)),
+        "skipped_files": dict(listing.skipped),
+        "clips": collector.clips_written, "frames_decoded": collector.frames_decoded,
+        "decode_s": collector.decode_s, "infer_s": collector.infer_s,
+        "resumed_videos_skipped": resumed_videos, "resumed_segments_skipped": resumed_segments,
+        "wall_s": ended - started, "run_s": wall,
+        "videos_per_s": n_videos / wall, "clips_per_s": collector.clips_written / wall,
+    }
+    budget = spec.max_error_fraction
+    frac = len(failures) / max(1, n_videos)
+    summary["error_fraction"] = frac
+    summary["within_error_budget"] = frac <= budget
+    metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics.update({f"failures_{k}": float(v) for k, v in summary["failures_by_type"].items()})
+    if tracker:
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(spec_text or "", summary, failures, timeline, dict(collector.label_counts))
+    sink.write_job(_job_doc(spec, job_id, run_id, started, ended, summary))
+    return JobResult(job_id, spec.output, run_id, summary, failures)

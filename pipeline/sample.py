@@ -1,0 +1,294 @@
+"""The embedded demo archive: short H.264 videos made from photos that ship with scikit-image.
+
+``make_sample_archive`` animates each photo with a slow, smooth pan and zoom (the "Ken Burns"
+effect: a crop box with the output's aspect ratio glides across the photo and is resampled
+bicubically at sub-pixel positions) so that the clips have real motion, and writes one MP4 per
+photo plus ``manifest.csv`` (``uri,label``). Everything is read from scikit-image's bundled
+``data`` folder, never fetched over the network, and the result is deterministic for fixed
+arguments.
+
+Each photo's subject is a class an ImageNet classifier names reliably (EfficientNet-Lite0 puts
+one of ``SamplePhoto.imagenet_labels`` first on these crops), so the demo and the tests can check
+that a classify job sees what is in the videos: see ``expected_subjects`` and ``subject_matches``.
+``astronaut`` is the exception: ImageNet has no person or astronaut class, so it has no
+acceptable labels and serves as an "unknown" example.
+
+Re-running is cheap: a sidecar ``.sample.json`` records the recipe and the SHA-256 of every file
+written; files whose content still matches are left untouched (mtimes unchanged).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
+
+from pipeline.media import encode_mp4_bytes, write_bytes_atomic
+from pipeline.uris import filesystem, join
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.csv"
+STATE_NAME = ".sample.json"
+# Bump when the rendering changes, so existing archives are regenerated.
+RECIPE_VERSION = 2
+SAMPLE_CRF = 20
+
+
+@dataclass(frozen=True)
+class SamplePhoto:
+    """One bundled photo and what a classifier should call it.
+
+    Attributes:
+        name: video file stem, e.g. ``"cat"`` for ``cat.mp4``.
+        filename: file in ``skimage.data``'s bundled folder.
+        subject: the label written to the manifest.
+        imagenet_labels: ImageNet class names (first synonym, as in
+            ``blocks/data/imagenet_classes.txt``) that count as naming the subject; empty when
+            ImageNet has no such class.
+        focus: normalised ``(x0, y0, x1, y1)`` box around the subject; the tightest framing
+            always contains it.
+    """
+
+    name: str
+    filename: str
+    subject: str
+    imagenet_labels: tuple[str, ...]
+    focus: tuple[float, float, float, float]
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = self.focus
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError(f"{self.name}: focus must be a normalised box, got {self.focus}")
+
+
+SAMPLES: tuple[SamplePhoto, ...] = (
+    SamplePhoto("cat", "chelsea.png", "cat",
+                ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"),
+                (0.15, 0.0, 0.85, 1.0)),
+    SamplePhoto("coffee", "coffee.png", "coffee cup",
+                ("espresso", "cup", "coffee mug"), (0.15, 0.05, 0.85, 0.95)),
+    SamplePhoto("rocket", "rocket.jpg", "rocket",
+                ("missile", "projectile", "space shuttle"), (0.3, 0.05, 0.7, 0.95)),
+    SamplePhoto("motorcycle", "motorcycle_left.png", "motorcycle",
+                ("moped", "motor scooter"), (0.1, 0.1, 0.9, 0.9)),
+    SamplePhoto("cameraman", "camera.png", "tripod", ("tripod",), (0.2, 0.05, 0.8, 0.95)),
+    SamplePhoto("astronaut", "astronaut.png", "astronaut", (), (0.1, 0.0, 0.9, 0.8)),
+)
+
+
+class SampleArchiveError(RuntimeError):
+    """A bundled photo is missing from the installed scikit-image."""
+
+
+def make_sample_archive(
+    dest_dir: str,
+    *,
+    seconds: float = 4.0,
+    fps: int = 25,
+    size: tuple[int, int] = (320, 240),
+    seed: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Write (or verify) the demo archive under ``dest_dir``.
+
+    Args:
+        dest_dir: local folder or any fsspec URL; created when missing.
+        seconds: length of every video.
+        fps: frame rate.
+        size: ``(width, height)`` of the videos; both even (H.264 4:2:0).
+        seed: varies each video's pan and zoom path.
+        storage_options: fsspec options for ``dest_dir``.
+
+    Returns:
+        The video URIs, in ``SAMPLES`` order (also listed in ``manifest.csv`` with their
+        subjects).
+
+    Raises:
+        ValueError: bad ``seconds``, ``fps`` or ``size``.
+        SampleArchiveError: a photo is not bundled with the installed scikit-image.
+    """
+    width, height = size
+    if seconds <= 0 or fps <= 0:
+        raise ValueError(f"seconds and fps must be positive, got {seconds}, {fps}")
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise ValueError(f"size must be even and at least 16x16, got {size}")
+    num_frames = max(2, round(seconds * fps))
+    fs, root = filesystem(dest_dir, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        dest_dir = root  # absolute, so the manifest does not depend on the working directory
+    state_uri = join(dest_dir, STATE_NAME)
+    state = _read_state(fs, join(root, STATE_NAME))
+
+    uris, hashes = [], {}
+    for index, photo in enumerate(SAMPLES):
+        file_name = f"{photo.name}.mp4"
+        uri = join(dest_dir, file_name)
+        recipe = {"version": RECIPE_VERSION, "photo": photo.filename, "frames": num_frames,
+                  "fps": fps, "size": [width, height], "seed": seed, "index": index,
+                  "crf": SAMPLE_CRF}
+        known = state.get(file_name, {})
+        if known.get("recipe") == recipe and _sha256_of(fs, join(root, file_name)) == known.get("sha256"):
+            hashes[file_name] = known
+        else:
+            frames = ken_burns(load_photo(photo), num_frames, (width, height),
+                               focus=photo.focus, seed=seed * 1009 + index)
+            data = encode_mp4_bytes(frames, fps, crf=SAMPLE_CRF)
+            write_bytes_atomic(uri, data, storage_options)
+            hashes[file_name] = {"recipe": recipe, "sha256": hashlib.sha256(data).hexdigest()}
+            logger.info("wrote sample video %s (%d frames, %d bytes)", file_name, num_frames, len(data))
+        uris.append(uri)
+
+    manifest = _manifest_bytes(uris, [p.subject for p in SAMPLES])
+    _write_if_changed(fs, join(root, MANIFEST_NAME), join(dest_dir, MANIFEST_NAME), manifest, storage_options)
+    state_bytes = json.dumps(hashes, indent=1, sort_keys=True).encode()
+    _write_if_changed(fs, join(root, STATE_NAME), state_uri, state_bytes, storage_options)
+    return uris
+
+
+def expected_subjects() -> dict[str, str]:
+    """Video file name -> subject, e.g. ``{"cat.mp4": "cat", ...}``."""
+    return {f"{p.name}.mp4": p.subject for p in SAMPLES}
+
+
+def subject_matches(video: str, labels: Iterable[str]) -> bool:
+    """Whether any of ``labels`` (e.g. a clip's top-k) names the subject of sample ``video``.
+
+    Args:
+        video: a sample video's URI or file name (``".../cat.mp4"``).
+        labels: ImageNet class names; a full synonym line (``"tabby, tabby cat"``) matches by
+            its first name.
+
+    Raises:
+        KeyError: ``video`` is not one of the sample videos.
+    """
+    name = os.path.basename(video.rstrip("/"))
+    by_file = {f"{p.name}.mp4": p for p in SAMPLES}
+    if name not in by_file:
+        raise KeyError(f"{name!r} is not a sample video; known: {sorted(by_file)}")
+    wanted = {label.lower() for label in by_file[name].imagenet_labels}
+    return any(label.split(",")[0].strip().lower() in wanted for label in labels)
+
+
+def load_photo(photo: SamplePhoto) -> np.ndarray:
+    """The bundled photo as ``(H, W, 3)`` uint8 RGB (grey photos are replicated to 3 channels).
+
+    Raises:
+        SampleArchiveError: the file is not in scikit-image's bundled data folder.
+    """
+    import skimage.data
+
+    path = os.path.join(skimage.data.data_dir, photo.filename)
+    if not os.path.isfile(path):
+        raise SampleArchiveError(f"{photo.filename} is not bundled with this scikit-image ({path})")
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def ken_burns(
+    image: np.ndarray,
+    num_frames: int,
+    size: tuple[int, int],
+    *,
+    focus: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+    seed: int = 0,
+) -> np.ndarray:
+    """Animate a still with a smooth pan and zoom.
+
+    A crop box with the aspect ratio of ``size`` moves (gently eased) from one framing
+    to another, always inside the photo and always containing ``focus``; each frame is the box
+    resampled bicubically, at sub-pixel position, to ``size``. One of the two framings is the
+    widest possible box and the other zooms in by 15-30 %; ``seed`` picks the direction, the
+    zoom and where the boxes sit.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        num_frames: number of frames, >= 1.
+        size: ``(width, height)`` of the output.
+        focus: normalised ``(x0, y0, x1, y1)`` region kept in view.
+        seed: chooses the path.
+
+    Returns:
+        ``(num_frames, height, width, 3)`` uint8.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    out_w, out_h = size
+    img_h, img_w = image.shape[:2]
+    rng = np.random.default_rng(seed)
+    aspect = out_w / out_h
+    wide_w = min(img_w, img_h * aspect)
+    fx0, fy0, fx1, fy1 = focus[0] * img_w, focus[1] * img_h, focus[2] * img_w, focus[3] * img_h
+    # The tight box must still cover the focus region.
+    min_w = min(wide_w, max(fx1 - fx0, (fy1 - fy0) * aspect))
+    tight_w = max(min_w, wide_w * rng.uniform(0.70, 0.85))
+
+    def place(box_w: float) -> tuple[float, float]:
+        box_h = box_w / aspect
+        # Positions that keep the box inside the image and around the focus.
+        lo_x, hi_x = max(0.0, fx1 - box_w), min(img_w - box_w, fx0)
+        lo_y, hi_y = max(0.0, fy1 - box_h), min(img_h - box_h, fy0)
+        lo_x, hi_x = min(lo_x, hi_x), max(lo_x, hi_x)
+        lo_y, hi_y = min(lo_y, hi_y), max(lo_y, hi_y)
+        return rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+
+    start_w, end_w = (wide_w, tight_w) if rng.random() < 0.5 else (tight_w, wide_w)
+    start_xy, end_xy = place(start_w), place(end_w)
+    pil = Image.fromarray(image)
+    frames = np.empty((num_frames, out_h, out_w, 3), np.uint8)
+    for i in range(num_frames):
+        t = i / (num_frames - 1) if num_frames > 1 else 0.0
+        # Half linear, half smoothstep: eased, but still moving on the first and last frames.
+        t = 0.5 * t + 0.5 * t * t * (3.0 - 2.0 * t)
+        box_w = start_w + (end_w - start_w) * t
+        x0 = start_xy[0] + (end_xy[0] - start_xy[0]) * t
+        y0 = start_xy[1] + (end_xy[1] - start_xy[1]) * t
+        box = (x0, y0, x0 + box_w, y0 + box_w / aspect)
+        frames[i] = np.asarray(pil.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box))
+    return frames
+
+
+def _manifest_bytes(uris: list[str], labels: list[str]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["uri", "label"])
+    writer.writerows(zip(uris, labels))
+    return buf.getvalue().encode()
+
+
+def _read_state(fs, path: str) -> dict[str, Any]:
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError):
+        logger.warning("ignoring unreadable %s; regenerating the sample archive", path)
+        return {}
+
+
+def _sha256_of(fs, path: str) -> str | None:
+    try:
+        return hashlib.sha256(fs.cat_file(path)).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _write_if_changed(fs, path: str, uri: str, data: bytes, storage_options) -> None:
+    try:
+        if fs.cat_file(path) == data:
+            return
+    except FileNotFoundError:
+        pass
+    write_bytes_atomic(uri, data, storage_options)

@@ -1,0 +1,48 @@
+"""fsspec access to archive and output URIs, and redaction of credentials for anything logged."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import fsspec
+from fsspec.core import url_to_fs
+
+_SECRET_KEYS = re.compile(r"(secret|password|passwd|token|key|credential|session)", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+_QUERY_SECRET = re.compile(
+    r"(?P<k>[?&](?:[^=&\s]*(?:signature|secret|token|password|key|credential)[^=&\s]*))=(?P<v>[^&\s]*)",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and in-filesystem path for ``uri``."""
+    return url_to_fs(uri, **dict(storage_options or {}))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI path segments with '/' whatever the filesystem."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def redact_uri(uri: str) -> str:
+    """Hide user:password@ and secret-looking query parameters (signed URLs) in a URI."""
+    uri = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", uri)
+    return _QUERY_SECRET.sub(lambda m: f"{m['k']}={REDACTED}", uri)
+
+
+def redact(value: Any) -> Any:
+    """Recursively redact credentials in URIs, and values of secret-looking keys, in ``value``."""
+    if isinstance(value, str):
+        return redact_uri(value)
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value

@@ -1,0 +1,1 @@
+"""Test-suite package (makes ``from tests.videos import ...`` work under plain ``pytest`` too)."""

@@ -1,0 +1,138 @@
+"""Real servers on loopback for pipeline tests: an S3 (moto) server and an MLflow server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_STARTUP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (for "server unreachable" tests)."""
+    return free_port()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3 server on loopback.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:PORT``.
+        storage_options: fsspec/s3fs options reaching it (``key``, ``secret``, ``client_kwargs``).
+    """
+
+    endpoint_url: str
+    storage_options: dict[str, Any] = field(hash=False)
+
+    def make_bucket(self, name: str) -> str:
+        """Create ``name`` (if needed) and return ``s3://name``."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                              aws_access_key_id=self.storage_options["key"],
+                              aws_secret_access_key=self.storage_options["secret"])
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server for the whole session; tests make their own buckets."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield S3Server(endpoint, {
+            "key": "testing-key",
+            "secret": "testing-secret",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        })
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """An ``mlflow server`` subprocess on loopback (sqlite backend, artifacts in tmp)."""
+
+    uri: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """Start ``mlflow server`` on a free port, wait for ``/health``, kill its process group after."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts")]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # own process group: uvicorn/gunicorn workers
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(uri, proc, root / "server.log")
+        yield MlflowServer(uri, root)
+    finally:
+        _kill_group(proc)
+        log.close()
+
+
+def _wait_healthy(uri: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"mlflow server not healthy after {_STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)  # workers that outlived the parent
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
