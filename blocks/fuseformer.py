@@ -36,8 +36,8 @@ from blocks.sscs import (
     SoftSplit,
     SoftSplitConfig,
     as_pair,
-    pair_fields,
     fold_patches,
+    pair_fields,
     token_grid,
 )
 
@@ -88,7 +88,9 @@ class FuseFormerBlockConfig:
                 f"{self.kernel_size[0]}x{self.kernel_size[1]} = {area}"
             )
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
+            )
 
 
 class MultiHeadAttention(nn.Module):
@@ -108,7 +110,8 @@ class MultiHeadAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, length, c = x.shape
-        return x.reshape(b, length, self.num_heads, c // self.num_heads).transpose(1, 2)  # (B, heads, L, d)
+        x = x.reshape(b, length, self.num_heads, c // self.num_heads)  # (B, L, heads, d)
+        return x.transpose(1, 2)  # (B, heads, L, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, c = x.shape
@@ -154,7 +157,9 @@ class FusionFeedForward(nn.Module):
         x = self.conv1(x)  # (B, T*N, F)
         b, length, width = x.shape
         patches = x.reshape(-1, per_frame, width).transpose(1, 2)  # (B*T, F, N), F = C'*kh*kw
-        maps = fold_patches(patches, output_size, c.kernel_size, c.stride, c.padding, normalize=True)  # (B*T, C', H, W)
+        maps = fold_patches(
+            patches, output_size, c.kernel_size, c.stride, c.padding, normalize=True
+        )  # (B*T, C', H, W)
         patches = F.unfold(maps, c.kernel_size, stride=c.stride, padding=c.padding)  # (B*T, F, N)
         x = patches.transpose(1, 2).reshape(b, length, width)  # (B, T*N, F)
         return self.conv2(x)
@@ -185,16 +190,19 @@ class FuseFormerBlock(nn.Module):
         c = self.config
         if x.dim() != 3 or x.shape[-1] != c.hidden:
             raise ValueError(
-                f"fuseformer-block expected tokens of shape (B, T*N, {c.hidden}), got {tuple(x.shape)}"
+                f"fuseformer-block expected tokens of shape (B, T*N, {c.hidden}), "
+                f"got {tuple(x.shape)}"
             )
         output_size = as_pair(output_size) if output_size is not None else c.output_size
         if output_size is None:
-            raise ValueError("fuseformer-block needs the (H, W) of the map its tokens tile (output_size)")
+            raise ValueError(
+                "fuseformer-block needs the (H, W) of the map its tokens tile (output_size)"
+            )
         grid = token_grid(output_size, c.kernel_size, c.stride, c.padding)
         if x.shape[1] % (grid[0] * grid[1]):
             raise ValueError(
-                f"fuseformer-block expected a multiple of {grid[0]}x{grid[1]} tokens per sample for a "
-                f"{output_size[0]}x{output_size[1]} map, got shape {tuple(x.shape)}"
+                f"fuseformer-block expected a multiple of {grid[0]}x{grid[1]} tokens per sample "
+                f"for a {output_size[0]}x{output_size[1]} map, got shape {tuple(x.shape)}"
             )
         x = x + self.dropout(self.attention(self.norm1(x)))
         return x + self.ffn(self.norm2(x), output_size)
@@ -249,9 +257,14 @@ class FuseFormerConfig:
 
     def block_config(self) -> FuseFormerBlockConfig:
         return FuseFormerBlockConfig(
-            hidden=self.hidden, num_heads=self.num_heads, ffn_hidden=self.ffn_hidden,
-            kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-            dropout=self.dropout, activation=self.activation,
+            hidden=self.hidden,
+            num_heads=self.num_heads,
+            ffn_hidden=self.ffn_hidden,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dropout=self.dropout,
+            activation=self.activation,
         )
 
 
@@ -270,14 +283,23 @@ class Encoder(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         c = channels
-        plain = [(3, c // 4, 2), (c // 4, c // 4, 1), (c // 4, c // 2, 2), (c // 2, c, 1), (c, 3 * c // 2, 1)]
+        plain = [
+            (3, c // 4, 2),
+            (c // 4, c // 4, 1),
+            (c // 4, c // 2, 2),
+            (c // 2, c, 1),
+            (c, 3 * c // 2, 1),
+        ]
         fusion_out = (2 * c, 3 * c // 2, c, c // 2)
         layers: list[nn.Module] = []
         for cin, cout, stride in plain:
             layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
         previous = plain[-1][1]
-        for groups, cout in zip(self.fusion_groups, fusion_out):
-            layers += [nn.Conv2d(c + previous, cout, 3, padding=1, groups=groups), nn.LeakyReLU(0.2)]
+        for groups, cout in zip(self.fusion_groups, fusion_out, strict=True):
+            layers += [
+                nn.Conv2d(c + previous, cout, 3, padding=1, groups=groups),
+                nn.LeakyReLU(0.2),
+            ]
             previous = cout
         self.layers = nn.ModuleList(layers)
 
@@ -326,9 +348,11 @@ class PositionEmbedding(nn.Module):
         if tuple(grid) == tuple(self.grid):
             return self.pos_emb
         hidden = self.pos_emb.shape[-1]
-        table = self.pos_emb.reshape(1, *self.grid, hidden).permute(0, 3, 1, 2)  # (1, hidden, Gh0, Gw0)
-        table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)  # (1, hidden, Gh, Gw)
-        return table.permute(0, 2, 3, 1).reshape(1, 1, grid[0] * grid[1], hidden)  # (1, 1, N, hidden)
+        table = self.pos_emb.reshape(1, *self.grid, hidden)  # (1, Gh0, Gw0, hidden)
+        table = table.permute(0, 3, 1, 2)  # (1, hidden, Gh0, Gw0)
+        table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
+        table = table.permute(0, 2, 3, 1)  # (1, Gh, Gw, hidden)
+        return table.reshape(1, 1, grid[0] * grid[1], hidden)  # (1, 1, N, hidden)
 
     def forward(self, x: torch.Tensor, grid: Pair) -> torch.Tensor:
         b, length, hidden = x.shape
@@ -355,20 +379,32 @@ class FuseFormer(nn.Module):
         c = config.channels
         feature_channels = c // 2
         self.encoder = Encoder(c)
-        self.ss = SoftSplit(SoftSplitConfig(
-            channels=feature_channels, hidden=config.hidden, kernel_size=config.kernel_size,
-            stride=config.stride, padding=config.padding, dropout=config.dropout,
-        ))
+        self.ss = SoftSplit(
+            SoftSplitConfig(
+                channels=feature_channels,
+                hidden=config.hidden,
+                kernel_size=config.kernel_size,
+                stride=config.stride,
+                padding=config.padding,
+                dropout=config.dropout,
+            )
+        )
         native_grid = self.ss.grid(config.feature_size)
         self.add_pos_emb = PositionEmbedding(native_grid, config.hidden)
         self.transformer = nn.ModuleList(
             FuseFormerBlock(config.block_config()) for _ in range(config.num_blocks)
         )
-        self.sc = SoftComposition(SoftCompositionConfig(
-            channels=feature_channels, hidden=config.hidden, kernel_size=config.kernel_size,
-            stride=config.stride, padding=config.padding, normalize=False,
-            bias_size=config.feature_size,
-        ))
+        self.sc = SoftComposition(
+            SoftCompositionConfig(
+                channels=feature_channels,
+                hidden=config.hidden,
+                kernel_size=config.kernel_size,
+                stride=config.stride,
+                padding=config.padding,
+                normalize=False,
+                bias_size=config.feature_size,
+            )
+        )
         self.decoder = nn.Sequential(
             UpConv(feature_channels, c // 2),
             nn.LeakyReLU(0.2),
@@ -392,11 +428,15 @@ class FuseFormer(nn.Module):
     def forward(self, masked_frames: torch.Tensor) -> torch.Tensor:
         if masked_frames.dim() != 5 or masked_frames.shape[2] != 3:
             raise ValueError(
-                f"fuseformer expected masked frames of shape (B, T, 3, H, W), got {tuple(masked_frames.shape)}"
+                "fuseformer expected masked frames of shape (B, T, 3, H, W), "
+                f"got {tuple(masked_frames.shape)}"
             )
         b, t, _, h, w = masked_frames.shape
         if h % 4 or w % 4:
-            raise ValueError(f"fuseformer expected H and W divisible by 4, got shape {tuple(masked_frames.shape)}")
+            raise ValueError(
+                "fuseformer expected H and W divisible by 4, "
+                f"got shape {tuple(masked_frames.shape)}"
+            )
         features = self.encoder(masked_frames.reshape(b * t, 3, h, w))  # (B*T, c/2, H/4, W/4)
         size = tuple(features.shape[-2:])
         grid = self.ss.grid(size)
@@ -418,8 +458,11 @@ class FuseFormer(nn.Module):
 
 
 def _check_masks(frames: torch.Tensor, masks: torch.Tensor) -> None:
-    if frames.dim() != 5 or masks.dim() != 5 or masks.shape[2] != 1 or (
-        masks.shape[:2] + masks.shape[3:] != frames.shape[:2] + frames.shape[3:]
+    if (
+        frames.dim() != 5
+        or masks.dim() != 5
+        or masks.shape[2] != 1
+        or (masks.shape[:2] + masks.shape[3:] != frames.shape[:2] + frames.shape[3:])
     ):
         raise ValueError(
             f"expected frames (B, T, 3, H, W) and masks (B, T, 1, H, W), got "
@@ -435,7 +478,10 @@ def mask_frames(frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def composite(generated: torch.Tensor, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Known pixels from ``frames``, holes (``masks`` == 1) from ``generated``; all (B, T, ·, H, W)."""
+    """Known pixels from ``frames``, holes (``masks`` == 1) from ``generated``.
+
+    Shapes: generated and frames (B, T, 3, H, W), masks (B, T, 1, H, W).
+    """
     _check_masks(frames, masks)
     return generated * masks + frames * (1 - masks)
 
@@ -466,11 +512,18 @@ def _tiny_frames(batch: int) -> tuple[torch.Tensor]:
     input_layout="(B, T*N, hidden) soft-split tokens, frame-major (+ output_size of the map)",
     value_range="any (features)",
     tiny_config={
-        "hidden": 32, "num_heads": 2, "ffn_hidden": 18, "kernel_size": 3, "stride": 2,
-        "padding": 1, "output_size": (8, 10),
+        "hidden": 32,
+        "num_heads": 2,
+        "ffn_hidden": 18,
+        "kernel_size": 3,
+        "stride": 2,
+        "padding": 1,
+        "output_size": (8, 10),
     },
     # an 8x10 map with 3x3 patches, stride 2, padding 1 → 4x5 tokens; two frames
-    example_inputs=lambda batch: (torch.randn(batch, 2 * 20, 32, generator=torch.Generator().manual_seed(0)),),
+    example_inputs=lambda batch: (
+        torch.randn(batch, 2 * 20, 32, generator=torch.Generator().manual_seed(0)),
+    ),
     weights_licence=FUSEFORMER_LICENCE,
     description="pre-norm attention + Fusion FFN (soft composition / soft split inside the MLP)",
 )
@@ -483,17 +536,25 @@ def fuseformer_block(**config) -> FuseFormerBlock:
     paper=FUSEFORMER_PAPER,
     arxiv=FUSEFORMER_ARXIV,
     repo=FUSEFORMER_REPO,
-    input_layout="(B, T, 3, H, W) RGB frames with holes set to 0 (see fuseformer.mask_frames), "
-                 "H, W divisible by 4; native 240x432",
+    input_layout=(
+        "(B, T, 3, H, W) RGB frames with holes set to 0 (see fuseformer.mask_frames), "
+        "H, W divisible by 4; native 240x432"
+    ),
     value_range="[-1, 1] in and out",
     tiny_config={
-        "channels": 32, "hidden": 32, "num_blocks": 1, "num_heads": 2, "ffn_hidden": 98,
+        "channels": 32,
+        "hidden": 32,
+        "num_blocks": 1,
+        "num_heads": 2,
+        "ffn_hidden": 98,
         "native_size": (32, 32),
     },
     example_inputs=_tiny_frames,
     checkpoint_filter=checkpoint_filter,
-    official_checkpoint="fuseformer.pth (Google Drive link in the official README, "
-                        "https://drive.google.com/file/d/1BuSE42QAAUoQAJawbr5mMRXcqRRKeELc)",
+    official_checkpoint=(
+        "fuseformer.pth (Google Drive link in the official README, "
+        "https://drive.google.com/file/d/1BuSE42QAAUoQAJawbr5mMRXcqRRKeELc)"
+    ),
     weights_licence=FUSEFORMER_LICENCE,
     needs_weights=True,
     description="FuseFormer video inpainting generator (encoder, 8 FuseFormer blocks, decoder)",

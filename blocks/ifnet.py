@@ -70,7 +70,7 @@ def _check_scales(scale_list: Sequence[float], levels: int) -> tuple[float, ...]
         raise ValueError(f"expected {levels} scales (one per IFBlock), got {scales}")
     for s in scales:
         if s <= 0 or not math.log2(s).is_integer():
-            raise ValueError(f"scales must be powers of two (as in the official scripts), got {scales}")
+            raise ValueError(f"scales must be powers of two, as in the official scripts: {scales}")
     return scales
 
 
@@ -134,13 +134,16 @@ class _FrameInterpolator(nn.Module):
 
     def _run(self, img0, img1, timestep, scale_list) -> Interpolation:
         _check_pair(img0, img1)
-        scales = _check_scales(self.default_scales if scale_list is None else scale_list, self.levels)
+        scales = self._scales(scale_list)
         height, width = img0.shape[-2:]
         shrink = max(self.default_scales) / max(scales)  # the official ``scale`` argument
         multiple = max(self.pad_multiple, int(self.pad_multiple / shrink))
         pad = (0, -width % multiple, 0, -height % multiple)  # (left, right, top, bottom)
         out = self._predict(F.pad(img0, pad), F.pad(img1, pad), timestep, scales)
         return out.crop(height, width)
+
+    def _scales(self, scale_list: Sequence[float] | None) -> tuple[float, ...]:
+        return _check_scales(self.default_scales if scale_list is None else scale_list, self.levels)
 
     def _predict(self, img0, img1, timestep, scales) -> Interpolation:
         raise NotImplementedError
@@ -176,7 +179,9 @@ class DeconvPReLU(nn.Sequential):
     """×2 transposed conv + per-channel PReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1), nn.PReLU(out_channels))
+        super().__init__(
+            nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1), nn.PReLU(out_channels)
+        )
 
 
 class ConvPair(nn.Module):
@@ -276,7 +281,8 @@ class RefineUNet(nn.Module):
         self.conv = nn.Conv2d(c, RGB, 3, 1, 1)
 
     def forward(self, img0, img1, warped0, warped1, mask, flow, ctx0, ctx1) -> torch.Tensor:
-        s0 = self.down0(torch.cat((img0, img1, warped0, warped1, mask, flow), 1))  # (B, 2c, H/2, W/2)
+        x = torch.cat((img0, img1, warped0, warped1, mask, flow), 1)  # (B, 17, H, W)
+        s0 = self.down0(x)  # (B, 2c, H/2, W/2)
         s1 = self.down1(torch.cat((s0, ctx0[0], ctx1[0]), 1))  # (B, 4c, H/4, W/4)
         s2 = self.down2(torch.cat((s1, ctx0[1], ctx1[1]), 1))  # (B, 8c, H/8, W/8)
         s3 = self.down3(torch.cat((s2, ctx0[2], ctx1[2]), 1))  # (B, 16c, H/16, W/16)
@@ -339,7 +345,8 @@ class IFNetECCV(_FrameInterpolator):
             if flow is None:
                 flow, mask = block(torch.cat((img0, img1), 1), None, scale)
             else:
-                d_flow, d_mask = block(torch.cat((img0, img1, warped0, warped1, mask), 1), flow, scale)
+                x = torch.cat((img0, img1, warped0, warped1, mask), 1)  # (B, 13, H, W)
+                d_flow, d_mask = block(x, flow, scale)
                 flow, mask = flow + d_flow, mask + d_mask
             warped0 = backward_warp(img0, flow[:, :2])
             warped1 = backward_warp(img1, flow[:, 2:])
@@ -354,7 +361,7 @@ class IFNetECCV(_FrameInterpolator):
         return torch.clamp(blended + residual, 0, 1)
 
     def _predict(self, img0, img1, timestep, scales) -> Interpolation:
-        if torch.is_tensor(timestep) or timestep != MIDPOINT:
+        if not bool(torch.all(torch.as_tensor(timestep) == MIDPOINT)):
             raise ValueError(
                 "ifnet-eccv interpolates the midpoint only (timestep=0.5); use ifnet-v4 for "
                 "arbitrary timesteps"
@@ -374,14 +381,15 @@ class IFNetECCV(_FrameInterpolator):
         """
         _check_pair(img0, img1)
         _check_pair(img0, gt)
-        scales = _check_scales(self.default_scales if scale_list is None else scale_list, self.levels)
+        scales = self._scales(scale_list)
         flows, masks, merged = [], [], []
         for flow, mask, warped0, warped1 in self._student_flows(img0, img1, scales):
             alpha = torch.sigmoid(mask)
             flows.append(flow)
             masks.append(alpha)
             merged.append(warped0 * alpha + warped1 * (1 - alpha))
-        d_flow, d_mask = self.block_tea(torch.cat((img0, img1, warped0, warped1, mask, gt), 1), flow, 1)
+        x = torch.cat((img0, img1, warped0, warped1, mask, gt), 1)  # (B, 16, H, W)
+        d_flow, d_mask = self.block_tea(x, flow, 1)
         teacher_flow = flow + d_flow
         teacher_alpha = torch.sigmoid(mask + d_mask)
         teacher_merged = (
@@ -510,7 +518,8 @@ class IFNetV4(_FrameInterpolator):
         refine_in = first_in + MASK_CHANNELS + feat + FLOW_CHANNELS
         for level, width in enumerate(config.widths):
             in_channels = first_in if level == 0 else refine_in
-            self.add_module(f"block{level}", IFBlockV4(in_channels, width, config.block_depth, feat))
+            block = IFBlockV4(in_channels, width, config.block_depth, feat)
+            self.add_module(f"block{level}", block)
         self.encode = FeatureEncoder(enc)
 
     @property
@@ -520,7 +529,8 @@ class IFNetV4(_FrameInterpolator):
     def _predict(self, img0, img1, timestep, scales) -> Interpolation:
         batch, _, height, width = img0.shape
         if torch.is_tensor(timestep):
-            t = timestep.to(img0).reshape(batch, 1, 1, 1).expand(batch, 1, height, width)
+            t = timestep.to(img0).reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
+            t = t.expand(batch, 1, height, width)  # (B, 1, H, W)
         else:
             t = img0.new_full((batch, 1, height, width), float(timestep))  # (B, 1, H, W)
         feat0, feat1 = self.encode(img0), self.encode(img1)
@@ -528,7 +538,8 @@ class IFNetV4(_FrameInterpolator):
         warped0, warped1 = img0, img1
         for block, scale in zip(self.blocks, scales):
             if flow is None:
-                flow, mask, features = block(torch.cat((img0, img1, feat0, feat1, t), 1), None, scale)
+                x = torch.cat((img0, img1, feat0, feat1, t), 1)  # (B, 6 + 2E + 1, H, W)
+                flow, mask, features = block(x, None, scale)
             else:
                 warped_feat0 = backward_warp(feat0, flow[:, :2])
                 warped_feat1 = backward_warp(feat1, flow[:, 2:])
@@ -554,7 +565,9 @@ def _v4_checkpoint_filter(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY_V4_PREFIXES)}
 
 
-def _example_pair(batch: int, height: int = 32, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def _example_pair(
+    batch: int, height: int = 32, width: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two smooth frames in [0, 1], the second a shifted copy of the first."""
     ys = torch.arange(height, dtype=torch.float32).view(1, 1, height, 1)
     xs = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width)
@@ -566,7 +579,9 @@ def _example_pair(batch: int, height: int = 32, width: int = 32) -> tuple[torch.
     return frame(0.0), frame(2.0)
 
 
-_RIFE_PAPER = "Huang et al., Real-Time Intermediate Flow Estimation for Video Frame Interpolation, ECCV 2022"
+_RIFE_PAPER = (
+    "Huang et al., Real-Time Intermediate Flow Estimation for Video Frame Interpolation, ECCV 2022"
+)
 
 
 @register_block(

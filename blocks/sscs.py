@@ -37,6 +37,7 @@ FUSEFORMER_LICENCE = "none stated (ruiliu-ai/FuseFormer has no licence file)"
 
 
 def as_pair(value: int | Pair | list[int]) -> Pair:
+    """``3`` → ``(3, 3)``; pairs (also lists read from TOML) → ``(int, int)``."""
     if isinstance(value, int):
         return (value, value)
     first, second = value
@@ -54,7 +55,8 @@ def pair_fields(config: object, *names: str) -> None:
 def token_grid(size: Pair, kernel_size: Pair, stride: Pair, padding: Pair) -> Pair:
     """Rows and columns of patches ``unfold`` takes from a map of ``size`` (H, W)."""
     grid = tuple(
-        (n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel_size, stride, padding)
+        (n + 2 * p - k) // s + 1
+        for n, k, s, p in zip(size, kernel_size, stride, padding, strict=True)
     )
     if min(grid) < 1:
         raise ValueError(
@@ -67,9 +69,8 @@ def token_grid(size: Pair, kernel_size: Pair, stride: Pair, padding: Pair) -> Pa
 def smallest_size_for_grid(grid: Pair, kernel_size: Pair, stride: Pair, padding: Pair) -> Pair:
     """The smallest map size whose ``unfold`` gives ``grid``; up to ``stride - 1`` larger sizes
     give the same grid, so pass the size explicitly when it is known."""
-    return tuple(
-        (g - 1) * s + k - 2 * p for g, k, s, p in zip(grid, kernel_size, stride, padding)
-    )  # type: ignore[return-value]
+    sizes = zip(grid, kernel_size, stride, padding, strict=True)
+    return tuple((g - 1) * s + k - 2 * p for g, k, s, p in sizes)  # type: ignore[return-value]
 
 
 def overlap_count(
@@ -108,7 +109,8 @@ def resize_map(bias: torch.Tensor, size: Pair) -> torch.Tensor:
     """A (C, h, w) learnable map resized bilinearly to ``size``; unchanged at its own size."""
     if tuple(bias.shape[-2:]) == tuple(size):
         return bias
-    return F.interpolate(bias[None], size=size, mode="bilinear", align_corners=False)[0]  # (C, H, W)
+    resized = F.interpolate(bias[None], size=size, mode="bilinear", align_corners=False)
+    return resized[0]  # (C, H, W)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ class SoftSplitConfig:
     def __post_init__(self) -> None:
         pair_fields(self, "kernel_size", "stride", "padding")
         if self.channels < 1 or self.hidden < 1:
-            raise ValueError(f"channels and hidden must be positive, got {self.channels}, {self.hidden}")
+            raise ValueError(
+                f"channels and hidden must be positive, got {self.channels}, {self.hidden}"
+            )
 
 
 class SoftSplit(nn.Module):
@@ -188,7 +192,9 @@ class SoftCompositionConfig:
     def __post_init__(self) -> None:
         pair_fields(self, "kernel_size", "stride", "padding", "bias_size", "output_size")
         if self.channels < 1 or self.hidden < 1:
-            raise ValueError(f"channels and hidden must be positive, got {self.channels}, {self.hidden}")
+            raise ValueError(
+                f"channels and hidden must be positive, got {self.channels}, {self.hidden}"
+            )
 
 
 class SoftComposition(nn.Module):
@@ -221,7 +227,9 @@ class SoftComposition(nn.Module):
                 f"(B, Gh, Gw, {c.hidden}), got {tuple(tokens.shape)}"
             )
         if output_size is None and tokens.dim() == 4:
-            output_size = smallest_size_for_grid(tuple(tokens.shape[1:3]), c.kernel_size, c.stride, c.padding)
+            output_size = smallest_size_for_grid(
+                tuple(tokens.shape[1:3]), c.kernel_size, c.stride, c.padding
+            )
         output_size = as_pair(output_size) if output_size is not None else c.output_size
         if output_size is None:
             raise ValueError("soft-composition needs output_size for flat (B, N, hidden) tokens")
@@ -234,7 +242,9 @@ class SoftComposition(nn.Module):
                 f"{output_size[0]}x{output_size[1]} map, got shape {tuple(tokens.shape)}"
             )
         patches = self.embedding(tokens).transpose(1, 2)  # (B, C*kh*kw, N)
-        maps = fold_patches(patches, output_size, c.kernel_size, c.stride, c.padding, c.normalize)  # (B, C, H, W)
+        maps = fold_patches(
+            patches, output_size, c.kernel_size, c.stride, c.padding, c.normalize
+        )  # (B, C, H, W)
         if self.bias is not None:
             maps = maps + resize_map(self.bias, output_size)[None]
         return maps
@@ -248,7 +258,9 @@ class SoftComposition(nn.Module):
     input_layout="(B, C, H, W) feature map, any H, W of at least one patch",
     value_range="any (features)",
     tiny_config={"channels": 4, "hidden": 16, "kernel_size": 3, "stride": 2, "padding": 1},
-    example_inputs=lambda batch: (torch.randn(batch, 4, 9, 11, generator=torch.Generator().manual_seed(0)),),
+    example_inputs=lambda batch: (
+        torch.randn(batch, 4, 9, 11, generator=torch.Generator().manual_seed(0)),
+    ),
     weights_licence=FUSEFORMER_LICENCE,
     description="overlapping patch tokenisation (unfold + Linear)",
 )
@@ -264,11 +276,19 @@ def soft_split(**config) -> SoftSplit:
     input_layout="(B, N, hidden) tokens (+ output_size) or (B, Gh, Gw, hidden)",
     value_range="any (features)",
     tiny_config={
-        "channels": 4, "hidden": 16, "kernel_size": 3, "stride": 2, "padding": 1,
-        "normalize": True, "bias_size": (9, 11), "output_size": (9, 11),
+        "channels": 4,
+        "hidden": 16,
+        "kernel_size": 3,
+        "stride": 2,
+        "padding": 1,
+        "normalize": True,
+        "bias_size": (9, 11),
+        "output_size": (9, 11),
     },
     # a 9x11 map with 3x3 patches, stride 2, padding 1 has a 5x6 token grid
-    example_inputs=lambda batch: (torch.randn(batch, 30, 16, generator=torch.Generator().manual_seed(0)),),
+    example_inputs=lambda batch: (
+        torch.randn(batch, 30, 16, generator=torch.Generator().manual_seed(0)),
+    ),
     weights_licence=FUSEFORMER_LICENCE,
     description="inverse of soft-split (Linear + fold [+ overlap normalisation] + bias)",
 )
@@ -281,8 +301,10 @@ __all__ = [
     "SoftCompositionConfig",
     "SoftSplit",
     "SoftSplitConfig",
+    "as_pair",
     "fold_patches",
     "overlap_count",
+    "pair_fields",
     "resize_map",
     "smallest_size_for_grid",
     "token_grid",

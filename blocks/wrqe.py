@@ -404,7 +404,7 @@ def convert_tf_checkpoint(tf_state: Mapping[str, object], forget_bias: float = 1
     for name, value in tensors.items():
         if name.startswith("LSTM_1D/bidirectional_rnn/fw/basic_lstm_cell/"):
             i, j, f, o = value.chunk(4, dim=-1)  # TF gate order i, j, f, o
-            torch_order = torch.cat([i, j, f, o], dim=-1)  # PyTorch order i, f, g, o
+            torch_order = torch.cat([i, f, j, o], dim=-1)  # PyTorch order i, f, g, o
             if name.endswith("kernel"):
                 hidden = value.shape[1] // 4
                 n_in = value.shape[0] - hidden

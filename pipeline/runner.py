@@ -339,7 +339,7 @@ def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracke
             DecodeWorker,
             fn_constructor_kwargs={"sampling": spec.sampling.model_dump(), "decode": spec.decode.model_dump(),
                                    "storage_options": spec.storage_options, "want_packet_sizes": want_sizes},
-            concurrency=spec.decode.actors, num_cpus=decode_cpus,
+            compute=rd.ActorPoolStrategy(size=spec.decode.actors), num_cpus=decode_cpus,
         )
         for i, model in enumerate(spec.models):
             ds = ds.map_batches(
@@ -348,7 +348,8 @@ def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracke
                                        "storage_options": spec.storage_options,
                                        "tracking_uri": tracking_uri,
                                        "drop_frames": i == len(spec.models) - 1},
-                batch_size=model.batch_size, batch_format="numpy", concurrency=model.actors,
+                batch_size=model.batch_size, batch_format="numpy",
+                compute=rd.ActorPoolStrategy(size=model.actors),
                 num_cpus=model_cpus[i], num_gpus=model_gpus[i] or None,
             )
         for row in ds.iter_rows():

@@ -40,13 +40,13 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.csv"
 STATE_NAME = ".sample.json"
 # Bump when the rendering changes, so existing archives are regenerated.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 1
 SAMPLE_CRF = 20
 
 
 @dataclass(frozen=True)
 class SamplePhoto:
-    """One bundled photo and what a classifier should call it.
+    """One bundled photo, how to frame it, and what a classifier should call it.
 
     Attributes:
         name: video file stem, e.g. ``"cat"`` for ``cat.mp4``.
@@ -55,34 +55,38 @@ class SamplePhoto:
         imagenet_labels: ImageNet class names (first synonym, as in
             ``blocks/data/imagenet_classes.txt``) that count as naming the subject; empty when
             ImageNet has no such class.
-        focus: normalised ``(x0, y0, x1, y1)`` box around the subject; the tightest framing
-            always contains it.
+        center: normalised ``(x, y)`` of the subject; the tight framing is centred on it.
+        zoom: ``(tight, wide)`` crop widths as fractions of the widest crop with the video's
+            aspect ratio that fits the photo; chosen so every framing in between still shows
+            the subject to a classifier.
     """
 
     name: str
     filename: str
     subject: str
     imagenet_labels: tuple[str, ...]
-    focus: tuple[float, float, float, float]
+    center: tuple[float, float] = (0.5, 0.5)
+    zoom: tuple[float, float] = (0.6, 1.0)
 
     def __post_init__(self) -> None:
-        x0, y0, x1, y1 = self.focus
-        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-            raise ValueError(f"{self.name}: focus must be a normalised box, got {self.focus}")
+        if not all(0.0 <= c <= 1.0 for c in self.center):
+            raise ValueError(f"{self.name}: center must be normalised, got {self.center}")
+        if not 0.1 <= self.zoom[0] < self.zoom[1] <= 1.0:
+            raise ValueError(f"{self.name}: zoom must be 0.1 <= tight < wide <= 1, got {self.zoom}")
 
 
 SAMPLES: tuple[SamplePhoto, ...] = (
     SamplePhoto("cat", "chelsea.png", "cat",
                 ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"),
-                (0.15, 0.0, 0.85, 1.0)),
-    SamplePhoto("coffee", "coffee.png", "coffee cup",
-                ("espresso", "cup", "coffee mug"), (0.15, 0.05, 0.85, 0.95)),
-    SamplePhoto("rocket", "rocket.jpg", "rocket",
-                ("missile", "projectile", "space shuttle"), (0.3, 0.05, 0.7, 0.95)),
-    SamplePhoto("motorcycle", "motorcycle_left.png", "motorcycle",
-                ("moped", "motor scooter"), (0.1, 0.1, 0.9, 0.9)),
-    SamplePhoto("cameraman", "camera.png", "tripod", ("tripod",), (0.2, 0.05, 0.8, 0.95)),
-    SamplePhoto("astronaut", "astronaut.png", "astronaut", (), (0.1, 0.0, 0.9, 0.8)),
+                center=(0.5, 0.45)),
+    SamplePhoto("coffee", "coffee.png", "coffee cup", ("espresso", "cup", "coffee mug")),
+    SamplePhoto("rocket", "rocket.jpg", "rocket", ("missile", "projectile", "space shuttle"),
+                center=(0.5, 0.5), zoom=(0.45, 0.75)),
+    SamplePhoto("motorcycle", "motorcycle_left.png", "motorcycle", ("moped", "motor scooter"),
+                center=(0.5, 0.55), zoom=(0.65, 1.0)),
+    SamplePhoto("cameraman", "camera.png", "tripod", ("tripod",), center=(0.45, 0.5)),
+    SamplePhoto("astronaut", "astronaut.png", "astronaut", (), center=(0.45, 0.35),
+                zoom=(0.55, 1.0)),
 )
 
 
@@ -142,7 +146,7 @@ def make_sample_archive(
             hashes[file_name] = known
         else:
             frames = ken_burns(load_photo(photo), num_frames, (width, height),
-                               focus=photo.focus, seed=seed * 1009 + index)
+                               center=photo.center, zoom=photo.zoom, seed=seed * 1009 + index)
             data = encode_mp4_bytes(frames, fps, crf=SAMPLE_CRF)
             write_bytes_atomic(uri, data, storage_options)
             hashes[file_name] = {"recipe": recipe, "sha256": hashlib.sha256(data).hexdigest()}
@@ -200,52 +204,60 @@ def ken_burns(
     num_frames: int,
     size: tuple[int, int],
     *,
-    focus: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+    center: tuple[float, float] = (0.5, 0.5),
+    zoom: tuple[float, float] = (0.6, 1.0),
     seed: int = 0,
 ) -> np.ndarray:
     """Animate a still with a smooth pan and zoom.
 
-    A crop box with the aspect ratio of ``size`` moves (gently eased) from one framing
-    to another, always inside the photo and always containing ``focus``; each frame is the box
-    resampled bicubically, at sub-pixel position, to ``size``. One of the two framings is the
-    widest possible box and the other zooms in by 15-30 %; ``seed`` picks the direction, the
-    zoom and where the boxes sit.
+    A crop box with the aspect ratio of ``size`` glides (gently eased) between a tight framing
+    centred on ``center`` and a wide framing shifted to one side, always inside the photo; each
+    frame is the box resampled bicubically, at sub-pixel position, to ``size``. ``seed`` picks
+    the direction (zoom in or out), the side and small jitters.
 
     Args:
         image: ``(H, W, 3)`` uint8.
         num_frames: number of frames, >= 1.
         size: ``(width, height)`` of the output.
-        focus: normalised ``(x0, y0, x1, y1)`` region kept in view.
+        center: normalised ``(x, y)`` the tight framing is centred on.
+        zoom: ``(tight, wide)`` box widths as fractions of the widest box that fits.
         seed: chooses the path.
 
     Returns:
         ``(num_frames, height, width, 3)`` uint8.
+
+    Raises:
+        ValueError: bad image, ``num_frames`` or ``zoom``.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not 0.0 < zoom[0] <= zoom[1] <= 1.0:
+        raise ValueError(f"zoom must satisfy 0 < tight <= wide <= 1, got {zoom}")
     out_w, out_h = size
     img_h, img_w = image.shape[:2]
-    rng = np.random.default_rng(seed)
     aspect = out_w / out_h
-    wide_w = min(img_w, img_h * aspect)
-    fx0, fy0, fx1, fy1 = focus[0] * img_w, focus[1] * img_h, focus[2] * img_w, focus[3] * img_h
-    # The tight box must still cover the focus region.
-    min_w = min(wide_w, max(fx1 - fx0, (fy1 - fy0) * aspect))
-    tight_w = max(min_w, wide_w * rng.uniform(0.70, 0.85))
+    widest = min(img_w, img_h * aspect)
+    rng = np.random.default_rng(seed)
 
-    def place(box_w: float) -> tuple[float, float]:
+    def clamp_origin(cx: float, cy: float, box_w: float) -> tuple[float, float]:
         box_h = box_w / aspect
-        # Positions that keep the box inside the image and around the focus.
-        lo_x, hi_x = max(0.0, fx1 - box_w), min(img_w - box_w, fx0)
-        lo_y, hi_y = max(0.0, fy1 - box_h), min(img_h - box_h, fy0)
-        lo_x, hi_x = min(lo_x, hi_x), max(lo_x, hi_x)
-        lo_y, hi_y = min(lo_y, hi_y), max(lo_y, hi_y)
-        return rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+        return (float(np.clip(cx - box_w / 2, 0.0, img_w - box_w)),
+                float(np.clip(cy - box_h / 2, 0.0, img_h - box_h)))
 
-    start_w, end_w = (wide_w, tight_w) if rng.random() < 0.5 else (tight_w, wide_w)
-    start_xy, end_xy = place(start_w), place(end_w)
+    cx, cy = center[0] * img_w, center[1] * img_h
+    tight_w = widest * zoom[0] * rng.uniform(1.0, 1.08)
+    tight_xy = clamp_origin(cx + rng.uniform(-0.03, 0.03) * tight_w,
+                            cy + rng.uniform(-0.03, 0.03) * tight_w, tight_w)
+    wide_w = widest * zoom[1] * rng.uniform(0.95, 1.0)
+    side = rng.choice([-1.0, 1.0])
+    # Shift the wide framing sideways by up to half its slack, so the clip pans as well as zooms.
+    wide_xy = clamp_origin(cx + side * (img_w - wide_w) / 2, cy + rng.uniform(-0.1, 0.1) * img_h, wide_w)
+    (start_w, start_xy), (end_w, end_xy) = ((tight_w, tight_xy), (wide_w, wide_xy))
+    if rng.random() < 0.5:
+        (start_w, start_xy), (end_w, end_xy) = (end_w, end_xy), (start_w, start_xy)
+
     pil = Image.fromarray(image)
     frames = np.empty((num_frames, out_h, out_w, 3), np.uint8)
     for i in range(num_frames):

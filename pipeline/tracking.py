@@ -429,7 +429,8 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, dst_path: str |
     if store.startswith(("http://", "https://")):
         bound_http_retries()
     try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=dst_path,
+        artifact_uri = _registry_download_uri(uri, store) if uri.startswith("models:/") else uri
+        local = Path(download_artifacts(artifact_uri=artifact_uri, dst_path=dst_path,
                                         tracking_uri=store, registry_uri=store))
     except (MlflowException, OSError) as exc:
         raise ModelResolutionError(f"cannot resolve {uri} at {redact_uri(store)}: "
@@ -508,6 +509,26 @@ def register_weights(
         client.set_registered_model_alias(name, alias, version.version)
     logger.info("registered %s as %s version %s", weights.name, name, version.version)
     return str(version.version)
+
+
+def _registry_download_uri(models_uri: str, store: str) -> str:
+    """Where the artifacts of ``models:/name/version[/sub/path]`` (or ``@alias``) live.
+
+    MLflow's own ``models:/`` repository looks the name up in the *global* registry URI and
+    ignores the one passed to ``download_artifacts``, so resolve it with an explicit client.
+    """
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    base, sub_path = ModelsArtifactRepository.split_models_uri(models_uri)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    name_and_version = get_model_name_and_version(client, base)
+    if len(name_and_version) == 1:  # models:/<logged model id>
+        root = client.get_logged_model(name_and_version[0]).artifact_location
+    else:
+        root = client.get_model_version_download_uri(*name_and_version)
+    return posixpath.join(root, sub_path) if sub_path else root
 
 
 def bound_http_retries() -> None:

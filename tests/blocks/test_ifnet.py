@@ -229,7 +229,8 @@ def test_v4_estimate_flow_is_the_flow_interpolate_blends_with():
     with torch.no_grad():
         frame = model.interpolate(img0, img1, timestep=0.3)
         flow, mask = model.estimate_flow(img0, img1, timestep=0.3)
-    blended = backward_warp(img0, flow[:, :2]) * mask + backward_warp(img1, flow[:, 2:]) * (1 - mask)
+    warped0, warped1 = backward_warp(img0, flow[:, :2]), backward_warp(img1, flow[:, 2:])
+    blended = warped0 * mask + warped1 * (1 - mask)
     torch.testing.assert_close(frame, blended, rtol=0, atol=1e-6)
     assert flow.shape == (1, 4, 128, 128) and mask.shape == (1, 1, 128, 128)
     assert 0 <= mask.min() and mask.max() <= 1

@@ -25,7 +25,9 @@ def _identity_pair(channels: int, kernel: int, stride: int, padding: int, normal
     hidden = channels * kernel * kernel
     geometry = {"kernel_size": kernel, "stride": stride, "padding": padding}
     ss = SoftSplit(SoftSplitConfig(channels=channels, hidden=hidden, **geometry))
-    sc = SoftComposition(SoftCompositionConfig(channels=channels, hidden=hidden, normalize=normalize, **geometry))
+    sc = SoftComposition(
+        SoftCompositionConfig(channels=channels, hidden=hidden, normalize=normalize, **geometry)
+    )
     with torch.no_grad():
         for linear in (ss.embedding, sc.embedding):
             linear.weight.copy_(torch.eye(hidden))
@@ -35,14 +37,14 @@ def _identity_pair(channels: int, kernel: int, stride: int, padding: int, normal
 
 @pytest.mark.parametrize("kernel, stride, padding", COVERING)
 @pytest.mark.parametrize("size", [(13, 17), (20, 20), (11, 8)])
-def test_normalised_composition_inverts_split(kernel, stride, padding, size):
+def test_normalised_soft_composition_inverts_soft_split(kernel, stride, padding, size):
     ss, sc = _identity_pair(3, kernel, stride, padding, normalize=True)
     x = torch.randn(2, 3, *size)
     assert (overlap_count(size, (kernel,) * 2, (stride,) * 2, (padding,) * 2, x) > 0).all()
     torch.testing.assert_close(sc(ss(x), size), x)
 
 
-def test_uncovered_pixels_compose_to_zero_not_nan():
+def test_soft_composition_leaves_uncovered_pixels_zero_not_nan():
     ss, sc = _identity_pair(1, 5, 5, 0, normalize=True)
     x = torch.randn(1, 1, 11, 8)  # 5x5 tiles cover only the top-left 10x5
     out = sc(ss(x), (11, 8))
@@ -50,7 +52,7 @@ def test_uncovered_pixels_compose_to_zero_not_nan():
     assert torch.isfinite(out).all() and (out[..., 10:, :] == 0).all() and (out[..., 5:] == 0).all()
 
 
-def test_unnormalised_composition_counts_overlaps():
+def test_unnormalised_soft_composition_counts_overlaps():
     """The official generator's SoftComp sums overlapping patches without dividing."""
     ss, sc = _identity_pair(2, 7, 3, 3, normalize=False)
     x = torch.randn(1, 2, 13, 17)
@@ -59,7 +61,7 @@ def test_unnormalised_composition_counts_overlaps():
     torch.testing.assert_close(sc(ss(x), (13, 17)), x * count)
 
 
-def test_normalisation_equals_official_fold_of_ones():
+def test_soft_composition_normalisation_equals_official_fold_of_ones():
     """F3N in the official code divides fold(x) by fold(ones(B, N, 49)) for 7x7 patches."""
     sc = SoftComposition(SoftCompositionConfig(channels=2, hidden=8, normalize=True))
     tokens = torch.randn(3, 5 * 6, 8)
@@ -72,7 +74,7 @@ def test_normalisation_equals_official_fold_of_ones():
 
 @pytest.mark.parametrize("size", [(60, 108), (13, 17), (1, 1), (7, 9), (59, 107), (16, 24)])
 @pytest.mark.parametrize("kernel, stride, padding", COVERING + [(2, 3, 0), (5, 5, 0)])
-def test_token_grid_matches_unfold(size, kernel, stride, padding):
+def test_soft_split_token_grid_matches_unfold(size, kernel, stride, padding):
     if min(size) + 2 * padding < kernel:
         with pytest.raises(ValueError, match="smaller than one"):
             token_grid(size, (kernel,) * 2, (stride,) * 2, (padding,) * 2)
@@ -82,7 +84,7 @@ def test_token_grid_matches_unfold(size, kernel, stride, padding):
     assert grid[0] * grid[1] == patches.shape[-1]
 
 
-def test_official_numbers_are_derived():
+def test_soft_split_derives_the_official_numbers():
     """At FuseFormer's 60x108 map the official code hard-codes 720 tokens of 49-pixel patches."""
     ss = SoftSplit(SoftSplitConfig())
     assert ss.grid((60, 108)) == (20, 36)
@@ -92,9 +94,11 @@ def test_official_numbers_are_derived():
 
 
 @pytest.mark.parametrize("size", [(13, 17), (9, 11), (31, 5)])
-def test_odd_sizes_round_trip_in_shape(size):
+def test_soft_split_and_composition_at_odd_sizes(size):
     ss = SoftSplit(SoftSplitConfig(channels=4, hidden=16, kernel_size=3, stride=2, padding=1))
-    sc = SoftComposition(SoftCompositionConfig(channels=4, hidden=16, kernel_size=3, stride=2, padding=1))
+    sc = SoftComposition(
+        SoftCompositionConfig(channels=4, hidden=16, kernel_size=3, stride=2, padding=1)
+    )
     x = torch.randn(2, 4, *size)
     tokens = ss(x)
     grid = ss.grid(size)
@@ -107,19 +111,22 @@ def test_odd_sizes_round_trip_in_shape(size):
     assert out.shape == (2, 4, *smallest) and ss.grid(smallest) == grid
 
 
-def test_split_token_is_the_embedded_patch():
+def test_soft_split_token_is_the_embedded_patch():
     ss = SoftSplit(SoftSplitConfig(channels=2, hidden=5, kernel_size=3, stride=2, padding=1))
     x = torch.randn(1, 2, 7, 9)
     tokens = ss(x)  # (1, 4*5, 5)
     padded = F.pad(x, (1, 1, 1, 1))
     row, col = 2, 3
-    patch = padded[0, :, 2 * row:2 * row + 3, 2 * col:2 * col + 3].reshape(-1)
+    patch = padded[0, :, 2 * row : 2 * row + 3, 2 * col : 2 * col + 3].reshape(-1)
     torch.testing.assert_close(tokens[0, row * 5 + col], ss.embedding(patch))
 
 
-def test_bias_is_resized_to_other_output_sizes():
-    sc = SoftComposition(SoftCompositionConfig(channels=2, hidden=8, kernel_size=3, stride=2, padding=1,
-                                               bias_size=(9, 11)))
+def test_soft_composition_bias_is_resized_to_other_sizes():
+    sc = SoftComposition(
+        SoftCompositionConfig(
+            channels=2, hidden=8, kernel_size=3, stride=2, padding=1, bias_size=(9, 11)
+        )
+    )
     with torch.no_grad():
         sc.embedding.weight.zero_()
         sc.embedding.bias.zero_()
@@ -130,8 +137,10 @@ def test_bias_is_resized_to_other_output_sizes():
     assert resized[0, 0].min() >= 0 and resized[0, 1].min() >= 99
 
 
-def test_wrong_token_count_names_the_expected_grid():
-    sc = SoftComposition(SoftCompositionConfig(channels=2, hidden=8, kernel_size=3, stride=2, padding=1))
+def test_soft_wrong_shapes_name_the_expected_shape():
+    sc = SoftComposition(
+        SoftCompositionConfig(channels=2, hidden=8, kernel_size=3, stride=2, padding=1)
+    )
     with pytest.raises(ValueError, match="5x6"):
         sc(torch.zeros(1, 31, 8), (9, 11))
     with pytest.raises(ValueError, match="output_size"):

@@ -200,8 +200,16 @@ def test_tf_converter_passthrough_drops_optimizer_slots_and_rejects_unknown():
 
 
 def _fill(shape, i):
+    """Deterministic TF-layout weights; the same recipe generated the golden in TensorFlow."""
     n = int(np.prod(shape))
-    return (np.sin(np.arange(n, dtype=np.float64) * 0.7 + i) * 0.3).reshape(shape).astype(np.float32)
+    base = np.sin(np.arange(n, dtype=np.float64) * 0.7 + i)
+    if len(shape) == 4:  # conv kernels: keep activations alive through the ReLU stacks
+        base = base * 3.0 / np.sqrt(np.prod(shape[:3]))
+    elif len(shape) == 1:  # biases
+        base = 0.05 + 0.1 * base
+    else:
+        base = base * 0.3
+    return base.reshape(shape).astype(np.float32)
 
 
 def test_side_info_matches_official_normalisation():

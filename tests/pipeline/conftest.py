@@ -136,3 +136,66 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=10)
+
+
+# -- output tables -------------------------------------------------------------------------
+
+_CLIP_DEFAULTS: dict[str, Any] = {
+    "job_id": "job-test", "video_uri": None, "start_frame": 0, "end_frame": 8, "start_s": 0.0,
+    "end_s": 0.32, "model": "m", "model_version": "1", "labels": ["a"], "scores": [1.0],
+    "feature": None, "metrics": [], "media_uri": None,
+}
+_VIDEO_DEFAULTS: dict[str, Any] = {
+    "video_uri": None, "bytes": 1000, "duration_s": 1.0, "fps": 25.0, "num_frames": 25,
+    "width": 64, "height": 48, "codec": "h264", "num_clips": 1, "status": "ok",
+    "error_type": None, "error_message": None, "decode_s": 0.1, "infer_s": 0.2,
+}
+
+
+def _clips_table(rows: list[dict[str, Any]], feature_dim: int | None) -> Any:
+    from pipeline.tables import clips_schema
+
+    full = [{**_CLIP_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows]
+    return _table(full, clips_schema(feature_dim))
+
+
+def _videos_table(rows: list[dict[str, Any]]) -> Any:
+    from pipeline.tables import VIDEOS_SCHEMA
+
+    full = [{**_VIDEO_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows]
+    return _table(full, VIDEOS_SCHEMA)
+
+
+def _table(rows: list[dict[str, Any]], schema: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _write_parquet(table: Any, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.uris import filesystem
+
+    fs, path = filesystem(uri, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+@pytest.fixture
+def clips_table():
+    """Factory: rows (dicts with at least video_id, clip_index) -> clips table of pipeline.tables."""
+    return _clips_table
+
+
+@pytest.fixture
+def videos_table():
+    """Factory: rows (dicts with at least video_id) -> videos table of pipeline.tables."""
+    return _videos_table
+
+
+@pytest.fixture
+def write_parquet():
+    """Writer: (table, uri, storage_options=None) -> None, through fsspec (local or s3)."""
+    return _write_parquet

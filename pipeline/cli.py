@@ -1,0 +1,209 @@
+"""The ``vmb`` command line: run, submit, status, logs, stop, query, similar, blocks, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("vmb")
+
+
+def _print_summary(result) -> None:
+    s = result.summary
+    rows = [
+        ("videos ok / failed", f"{s['videos_ok']} / {s['videos_failed']}"
+                               + (f"  {s['failures_by_type']}" if s["failures_by_type"] else "")),
+        ("clips written", f"{s['clips']}"),
+        ("resumed (videos, segments)", f"{s['resumed_videos_skipped']}, {s['resumed_segments_skipped']}"),
+        ("throughput", f"{s['clips_per_s']:.2f} clips/s, {s['videos_per_s']:.2f} videos/s "
+                       f"({s['run_s']:.1f} s processing, {s['wall_s']:.1f} s total)"),
+        ("tables", f"{s['output']}/clips, {s['output']}/videos"),
+        ("MLflow run", s.get("mlflow_run_id") or f"not tracked ({result.tracking_error})"),
+    ]
+    if result.tracking_error:
+        rows.append(("tracking", f"FAILED: {result.tracking_error}"))
+    width = max(len(k) for k, _ in rows)
+    print(f"\njob {result.job_id}")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    if not s["within_error_budget"]:
+        print(f"\nERROR: {s['videos_failed']} of {s['videos_processed']} videos failed "
+              f"({s['error_fraction']:.1%}), above max_error_fraction; see the videos table: "
+              f"vmb query \"select video_uri, status, error_type, error_message from videos "
+              f"where status != 'ok'\" --output {s['output']}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from pipeline.runner import run_job
+    from pipeline.spec import load_spec
+
+    spec, text = load_spec(args.spec, args.set)
+    result = run_job(spec, spec_text=text, address=args.address, progress=not args.no_progress)
+    _print_summary(result)
+    return result.exit_code
+
+
+def cmd_demo(args) -> int:
+    from pipeline.query import query, write_result
+    from pipeline.runner import run_job
+    from pipeline.sample import make_sample_archive
+    from pipeline.spec import load_spec
+
+    root = Path(".vmb/demo").resolve()
+    archive = args.archive
+    if not archive:
+        archive = str(root / "archive")
+        make_sample_archive(archive)
+    spec_path = Path(__file__).resolve().parent.parent / "jobs" / "classify.toml"
+    overrides = [f'input="{archive}"', f'output="{root / "output"}"',
+                 f'mlflow.tracking_uri="sqlite:///{root / "mlflow.db"}"'] + (args.set or [])
+    spec, text = load_spec(spec_path, overrides)
+    result = run_job(spec, spec_text=text, progress=True)
+    _print_summary(result)
+    sql = ("select regexp_extract(video_uri, '[^/]+$') as video, count(*) as clips, "
+           "mode(labels[1]) as top_label, round(avg(scores[1]), 3) as mean_score "
+           "from clips group by video order by video")
+    print(f"\nvmb query \"{sql}\" --output {root / 'output'}\n")
+    print(write_result(query(str(root / "output"), sql), "table"))
+    return result.exit_code
+
+
+def cmd_query(args) -> int:
+    from pipeline.query import query, write_result
+
+    table = query(args.output, args.sql, _storage_options(args))
+    text = write_result(table, args.format, args.dest)
+    if text:
+        print(text)
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from pipeline.query import write_result
+    from pipeline.similar import similar
+
+    table = similar(args.output, args.video, args.clip, k=args.k, model=args.model,
+                    storage_options=_storage_options(args))
+    print(write_result(table, args.format))
+    return 0
+
+
+def cmd_blocks(args) -> int:
+    from blocks.catalog import print_catalog
+
+    print_catalog()
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from pipeline.spec import load_spec
+    from pipeline.submit import submit
+
+    load_spec(args.spec, args.set)  # validate locally before uploading anything
+    job_id = submit(args.spec, args.address, args.set, args.working_dir, args.token)
+    print(job_id)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from pipeline.submit import status
+
+    print(status(args.job_id, args.address, args.token))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from pipeline.submit import logs
+
+    print(logs(args.job_id, args.address, args.token), end="")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from pipeline.submit import stop
+
+    print("stopped" if stop(args.job_id, args.address, args.token) else "not running")
+    return 0
+
+
+def _storage_options(args) -> dict:
+    import json
+
+    return json.loads(args.storage_options) if getattr(args, "storage_options", None) else {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmb", description="Video model blocks at archive scale.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a job (embedded Ray unless --address/RAY_ADDRESS)")
+    r.add_argument("spec")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--address", default=None)
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="classify the bundled sample archive (or --archive) and query it")
+    d.add_argument("--archive", default=None)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs API)")
+    s.add_argument("spec")
+    s.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"), required=False)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--working-dir", default=None)
+    s.add_argument("--token", default=None, help="Ray auth token (else RAY_AUTH_TOKEN / token file)")
+    s.set_defaults(fn=cmd_submit)
+    for name, fn in (("status", cmd_status), ("logs", cmd_logs), ("stop", cmd_stop)):
+        c = sub.add_parser(name, help=f"{name} of a submitted job")
+        c.add_argument("job_id")
+        c.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"))
+        c.add_argument("--token", default=None)
+        c.set_defaults(fn=fn)
+
+    q = sub.add_parser("query", help="SQL over a job's tables (views: clips, videos)")
+    q.add_argument("sql")
+    q.add_argument("--output", required=True)
+    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    q.add_argument("--dest", default=None, help="file for --format parquet/csv/json")
+    q.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+    q.set_defaults(fn=cmd_query)
+
+    m = sub.add_parser("similar", help="nearest clips by cosine similarity of features")
+    m.add_argument("--output", required=True)
+    m.add_argument("--video", required=True)
+    m.add_argument("--clip", type=int, required=True)
+    m.add_argument("-k", type=int, default=10)
+    m.add_argument("--model", default=None)
+    m.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    m.add_argument("--storage-options", default=None)
+    m.set_defaults(fn=cmd_similar)
+
+    b = sub.add_parser("blocks", help="list registered blocks with parameter counts")
+    b.set_defaults(fn=cmd_blocks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors_cli import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    try:
+        return args.fn(args)
+    except USER_ERRORS as err:
+        print(f"vmb {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
