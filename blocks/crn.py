@@ -46,7 +46,9 @@ from torch import nn
 
 from blocks.registry import register_block
 
-_HCRN_PAPER = "Le et al., Hierarchical Conditional Relation Networks for Video Question Answering, CVPR 2020"
+_HCRN_PAPER = (
+    "Le et al., Hierarchical Conditional Relation Networks for Video Question Answering, CVPR 2020"
+)
 _HCRN_REPO = "https://github.com/thaolmk54/hcrn-videoqa"
 
 
@@ -89,7 +91,7 @@ def crn_scale_sizes(num_objects: int, max_subset_size: int) -> list[int]:
     """Subset sizes ``k`` the official CRN evaluates for ``num_objects`` inputs, in output order."""
     scales = list(range(num_objects, 1, -1))  # N, N-1, ..., 2
     start = 1 if len(scales) > 1 and max_subset_size == num_objects else 0
-    return scales[start:min(len(scales), max_subset_size)]
+    return scales[start : min(len(scales), max_subset_size)]
 
 
 class CRN(nn.Module):
@@ -112,7 +114,9 @@ class CRN(nn.Module):
         # Index i serves scale index i of the official loop (index 0 unused when m == N).
         self.k_objects_fusion = nn.ModuleList(nn.Linear(in_dim, dim) for _ in range(num_layers))
         if config.gating:
-            self.gate_k_objects_fusion = nn.ModuleList(nn.Linear(in_dim, dim) for _ in range(num_layers))
+            self.gate_k_objects_fusion = nn.ModuleList(
+                nn.Linear(in_dim, dim) for _ in range(num_layers)
+            )
         self.activation = nn.ELU()
         self._train_generator = torch.Generator().manual_seed(config.seed)
 
@@ -156,7 +160,11 @@ class CRN(nn.Module):
         batch = objects.shape[0]
         ok = cond.dim() == 2 and cond.shape == (batch, cond_dim)
         if objects.dim() == 4 and cond.dim() == 3:
-            ok = cond.shape[0] == batch and cond.shape[1] in (1, objects.shape[2]) and cond.shape[2] == cond_dim
+            ok = (
+                cond.shape[0] == batch
+                and cond.shape[1] in (1, objects.shape[2])
+                and cond.shape[2] == cond_dim
+            )
         if not ok:
             raise ValueError(
                 f"CRN expected cond of shape ({batch}, {cond_dim})"
@@ -194,7 +202,9 @@ class CRN(nn.Module):
     def forward(
         self, objects: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        return torch.stack(self.forward_list(objects, cond, generator), dim=1)  # (B, n_scales, [L,] D)
+        return torch.stack(
+            self.forward_list(objects, cond, generator), dim=1
+        )  # (B, n_scales, [L,] D)
 
 
 @register_block(
@@ -205,8 +215,10 @@ class CRN(nn.Module):
     input_layout="objects (B, N, D) or (B, N, L, D) float + cond (B, D_cond) -> (B, n_scales, [L,] D)",
     value_range="any real-valued features",
     tiny_config={"module_dim": 8, "num_objects": 5, "max_subset_size": 5, "spl_resolution": 2},
-    example_inputs=lambda b: (torch.randn(b, 5, 8, generator=torch.Generator().manual_seed(0)),
-                              torch.randn(b, 8, generator=torch.Generator().manual_seed(1))),
+    example_inputs=lambda b: (
+        torch.randn(b, 5, 8, generator=torch.Generator().manual_seed(0)),
+        torch.randn(b, 8, generator=torch.Generator().manual_seed(1)),
+    ),
     weights_licence="Apache-2.0 (official code); no bundled weights",
     needs_weights=False,
     description="Conditional relation network over k-subsets of a feature set",
@@ -308,10 +320,14 @@ class HCRNClassifier(nn.Module):
         f, c = config.frames_per_clip, config.num_clips
         self.appearance_feat_proj = nn.Linear(config.vision_dim, dim)
         self.clip_level_motion_proj = nn.Linear(motion_dim, dim)
-        self.clip_level_motion_cond = CRN(CRNConfig(dim, f, f, False, config.spl_resolution, seed=config.seed))
+        self.clip_level_motion_cond = CRN(
+            CRNConfig(dim, f, f, False, config.spl_resolution, seed=config.seed)
+        )
         self.sequence_encoder = nn.LSTM(motion_dim, dim, batch_first=True)
         self.video_level_motion_proj = nn.Linear(dim, dim)
-        self.video_level_motion_cond = CRN(CRNConfig(dim, c, c, False, config.spl_resolution, seed=config.seed + 1))
+        self.video_level_motion_cond = CRN(
+            CRNConfig(dim, c, c, False, config.spl_resolution, seed=config.seed + 1)
+        )
         self.activation = nn.ELU()
         self.attn_proj = nn.Linear(dim, dim)
         self.attn = nn.Linear(dim, 1)
@@ -335,13 +351,19 @@ class HCRNClassifier(nn.Module):
             )
         if motion_feats is None:
             if self._motion_dim != cfg.vision_dim:
-                raise ValueError("motion features can only be derived when motion_dim == vision_dim")
+                raise ValueError(
+                    "motion features can only be derived when motion_dim == vision_dim"
+                )
             return
         want = (frame_feats.shape[0], cfg.num_clips, self._motion_dim)
         if tuple(motion_feats.shape) != want:
-            raise ValueError(f"expected motion features of shape {want}, got {tuple(motion_feats.shape)}")
+            raise ValueError(
+                f"expected motion features of shape {want}, got {tuple(motion_feats.shape)}"
+            )
 
-    def tokens(self, frame_feats: torch.Tensor, motion_feats: torch.Tensor | None = None) -> torch.Tensor:
+    def tokens(
+        self, frame_feats: torch.Tensor, motion_feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Video-level relation tokens ``(B, (C-2)*(F-2), module_dim)`` before pooling."""
         self._check(frame_feats, motion_feats)
         if motion_feats is None:
@@ -358,13 +380,19 @@ class HCRNClassifier(nn.Module):
         video_rel = self.video_level_motion_cond(clip_rel, video_motion)  # (B, C-2, F-2, D)
         return video_rel.reshape(b, (c - 2) * (f - 2), dim)  # (B, (C-2)*(F-2), D)
 
-    def forward_features(self, frame_feats: torch.Tensor, motion_feats: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(
+        self, frame_feats: torch.Tensor, motion_feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attention-pooled video feature ``(B, module_dim)``."""
         tokens = self.tokens(frame_feats, motion_feats)  # (B, K, D)
-        weights = torch.softmax(self.attn(self.activation(self.attn_proj(tokens))), dim=1)  # (B, K, 1)
+        weights = torch.softmax(
+            self.attn(self.activation(self.attn_proj(tokens))), dim=1
+        )  # (B, K, 1)
         return (weights * tokens).sum(dim=1)  # (B, D)
 
-    def forward(self, frame_feats: torch.Tensor, motion_feats: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, frame_feats: torch.Tensor, motion_feats: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.head(self.forward_features(frame_feats, motion_feats))  # (B, num_classes)
 
 
@@ -381,8 +409,14 @@ def _hcrn_example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     repo=_HCRN_REPO,
     input_layout="frame features (B, num_clips, frames_per_clip, D) + motion (B, num_clips, D_motion) -> logits (B, num_classes)",
     value_range="any real-valued features (e.g. pooled CNN features of decoded frames)",
-    tiny_config={"vision_dim": 12, "module_dim": 8, "num_clips": 3, "frames_per_clip": 4,
-                 "spl_resolution": 2, "num_classes": 5},
+    tiny_config={
+        "vision_dim": 12,
+        "module_dim": 8,
+        "num_clips": 3,
+        "frames_per_clip": 4,
+        "spl_resolution": 2,
+        "num_classes": 5,
+    },
     example_inputs=_hcrn_example_inputs,
     weights_licence="Apache-2.0 (official code); no bundled weights (train with a vmb training job)",
     needs_weights=True,
@@ -401,4 +435,3 @@ __all__ = [
     "crn_scale_sizes",
     "motion_from_frame_features",
 ]
-

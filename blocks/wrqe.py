@@ -124,7 +124,9 @@ def derive_side_info(
     t = sizes.size
     half = WINDOW // 2
     index = np.clip(np.arange(t)[:, None] + np.arange(-half, half + 1)[None, :], 0, t - 1)  # (T, 5)
-    return np.concatenate([_minmax_rows(quality[index]), _minmax_rows(sizes[index])], axis=1).astype(np.float32)
+    return np.concatenate(
+        [_minmax_rows(quality[index]), _minmax_rows(sizes[index])], axis=1
+    ).astype(np.float32)
 
 
 def _minmax_rows(windows: np.ndarray) -> np.ndarray:
@@ -229,7 +231,7 @@ class ResDecoder(nn.Module):
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         y0 = self.head(x)
         cur = y0
-        for block, skip in zip(self.blocks, reversed(skips)):
+        for block, skip in zip(self.blocks, reversed(skips), strict=True):
             cur = block(cur + skip)
         return self.tail(cur + y0)
 
@@ -237,10 +239,14 @@ class ResDecoder(nn.Module):
 class PlainCNN(nn.Module):
     """msssim-variant CNN: ReLU after each of ``layers``; after ``tail`` only if ``relu_last``."""
 
-    def __init__(self, cin: int, channels: int, cout: int, k: int, num_layers: int, relu_last: bool) -> None:
+    def __init__(
+        self, cin: int, channels: int, cout: int, k: int, num_layers: int, relu_last: bool
+    ) -> None:
         super().__init__()
         widths = [cin] + [channels] * (num_layers - 1)
-        self.layers = nn.ModuleList(_conv(a, b, k) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            _conv(a, b, k) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.tail = _conv(channels, cout, k)
         self.relu_last = relu_last
 
@@ -267,7 +273,11 @@ class WeightedConvLSTMCell(nn.Module):
         self.act = torch.relu if activation == "relu" else torch.tanh
 
     def forward(
-        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], f: torch.Tensor, u: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        f: torch.Tensor,
+        u: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
         j, o = self.conv(torch.cat([x, h], dim=1)).chunk(2, dim=1)  # each (B, C, H, W)
@@ -320,7 +330,7 @@ class WRQE(nn.Module):
                     nn.init.xavier_uniform_(p)
                 else:
                     p.zero_()
-            self.side_lstm.bias_ih_l0[hidden:2 * hidden] = 1.0
+            self.side_lstm.bias_ih_l0[hidden : 2 * hidden] = 1.0
 
     def update_weights(self, side_info: torch.Tensor) -> torch.Tensor:
         """Update weights ``u`` ``(B, T)`` in [0, 1] (``f = 1 - u``) from ``(B, T, side_dim)``."""
@@ -334,7 +344,9 @@ class WRQE(nn.Module):
             u = ones.expand_as(u) if u.shape[1] <= 2 else torch.cat([ones, u[:, 1:-1], ones], dim=1)
         return u
 
-    def _recur(self, feats: torch.Tensor, f: torch.Tensor, u: torch.Tensor, reverse: bool) -> torch.Tensor:
+    def _recur(
+        self, feats: torch.Tensor, f: torch.Tensor, u: torch.Tensor, reverse: bool
+    ) -> torch.Tensor:
         """Run the cell over ``feats`` ``(B, T, C, H, W)`` in one direction; ``(B, T, C, H, W)``."""
         steps = range(feats.shape[1] - 1, -1, -1) if reverse else range(feats.shape[1])
         h = feats.new_zeros(feats[:, 0].shape)  # (B, C, H, W)
@@ -347,7 +359,9 @@ class WRQE(nn.Module):
 
     def forward(self, frames: torch.Tensor, side_info: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(f"WRQE expected frames of shape (B, T, 3, H, W), got {tuple(frames.shape)}")
+            raise ValueError(
+                f"WRQE expected frames of shape (B, T, 3, H, W), got {tuple(frames.shape)}"
+            )
         b, t, _, height, width = frames.shape
         if tuple(side_info.shape) != (b, t, self.config.side_dim):
             raise ValueError(
@@ -362,7 +376,9 @@ class WRQE(nn.Module):
         else:
             feats, skips = self.encoder(flat), None
         feats = feats.reshape(b, t, *feats.shape[1:])  # (B, T, C, H, W)
-        hidden = torch.cat([self._recur(feats, f, u, False), self._recur(feats, f, u, True)], dim=2)  # (B, T, 2C, H, W)
+        hidden = torch.cat(
+            [self._recur(feats, f, u, False), self._recur(feats, f, u, True)], dim=2
+        )  # (B, T, 2C, H, W)
         hidden = hidden.reshape(b * t, -1, height, width)  # (B*T, 2C, H, W)
         residual = self.decoder(hidden, skips) if skips is not None else self.decoder(hidden)
         return frames + residual.reshape(b, t, 3, height, width)  # (B, T, 3, H, W)
@@ -389,7 +405,9 @@ def _conv_target(tf_name: str) -> str | None:
     return None
 
 
-def convert_tf_checkpoint(tf_state: Mapping[str, object], forget_bias: float = 1.0) -> dict[str, torch.Tensor]:
+def convert_tf_checkpoint(
+    tf_state: Mapping[str, object], forget_bias: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Map official TF variable names/layouts to this module's state dict (see module docstring).
 
     A state dict already in PyTorch naming (no ``/`` in its keys) is returned unchanged, so this
@@ -399,7 +417,11 @@ def convert_tf_checkpoint(tf_state: Mapping[str, object], forget_bias: float = 1
     if not any("/" in k for k in tf_state):
         return {k: torch.as_tensor(v) for k, v in tf_state.items()}
     state: dict[str, torch.Tensor] = {}
-    tensors = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in tf_state.items() if not _DROP.search(k)}
+    tensors = {
+        k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        for k, v in tf_state.items()
+        if not _DROP.search(k)
+    }
     plain_layers: dict[str, int] = {}
     for name, value in tensors.items():
         if name.startswith("LSTM_1D/bidirectional_rnn/fw/basic_lstm_cell/"):
@@ -413,7 +435,7 @@ def convert_tf_checkpoint(tf_state: Mapping[str, object], forget_bias: float = 1
             else:
                 hidden = value.shape[0] // 4
                 bias = torch_order.clone()
-                bias[hidden:2 * hidden] += forget_bias
+                bias[hidden : 2 * hidden] += forget_bias
                 state["side_lstm.bias_ih_l0"] = bias
                 state["side_lstm.bias_hh_l0"] = torch.zeros_like(bias)
         elif name.startswith("LSTM_1D/dense/"):
@@ -422,7 +444,7 @@ def convert_tf_checkpoint(tf_state: Mapping[str, object], forget_bias: float = 1
         elif name == "W/a":
             state["temperature"] = value.reshape(())
         elif name.startswith("ConvLSTM_2D/"):
-            scope, _, leaf = name[len("ConvLSTM_2D/"):].rpartition("/")
+            scope, _, leaf = name[len("ConvLSTM_2D/") :].rpartition("/")
             target = "cell.conv" if scope.endswith("conv_lstm_cell") else _conv_target(scope)
             if target is None:
                 raise ValueError(f"unrecognised WRQE TF variable {name!r}")
@@ -430,7 +452,9 @@ def convert_tf_checkpoint(tf_state: Mapping[str, object], forget_bias: float = 1
             if m:
                 plain_layers[m.group(1)] = max(plain_layers.get(m.group(1), -1), int(m.group(2)))
             key = "weight" if leaf == "kernel" else "bias"
-            state[f"{target}.{key}"] = value.permute(3, 2, 0, 1).contiguous() if key == "weight" else value
+            state[f"{target}.{key}"] = (
+                value.permute(3, 2, 0, 1).contiguous() if key == "weight" else value
+            )
         else:
             raise ValueError(f"unrecognised WRQE TF variable {name!r}")
     for part, last in plain_layers.items():  # msssim: the last conv of each CNN is its tail
@@ -466,4 +490,10 @@ def build_wrqe(**config) -> WRQE:
     return WRQE(WRQEConfig(**config))
 
 
-__all__ = ["WRQE", "WRQEConfig", "WeightedConvLSTMCell", "convert_tf_checkpoint", "derive_side_info"]
+__all__ = [
+    "WRQE",
+    "WRQEConfig",
+    "WeightedConvLSTMCell",
+    "convert_tf_checkpoint",
+    "derive_side_info",
+]

@@ -52,7 +52,9 @@ def test_subset_enumeration_per_scale(k):
     assert subsets.shape == (math.comb(5, k), k)
     assert [tuple(s) for s in subsets.tolist()] == list(itertools.combinations(range(5), k))
 
-    sampled = _crn(module_dim=4, num_objects=5, max_subset_size=5, spl_resolution=2).sample_subsets(k)
+    sampled = _crn(module_dim=4, num_objects=5, max_subset_size=5, spl_resolution=2).sample_subsets(
+        k
+    )
     rows = [tuple(s) for s in sampled.tolist()]
     assert len(rows) == min(2, math.comb(5, k)) and len(set(rows)) == len(rows)
     assert all(r in set(itertools.combinations(range(5), k)) for r in rows)
@@ -82,8 +84,10 @@ def test_relation_is_elu_of_member_mean_by_hand():
     model1 = _crn(module_dim=2, num_objects=3, max_subset_size=3, spl_resolution=1)
     _identity_fusion(model1, "g")
     (subset,) = model1.sample_subsets(2).tolist()
-    torch.testing.assert_close(model1(objects, torch.zeros(1, 2))[0, 0],
-                               torch.nn.functional.elu(objects[0, subset].mean(0)))
+    torch.testing.assert_close(
+        model1(objects, torch.zeros(1, 2))[0, 0],
+        torch.nn.functional.elu(objects[0, subset].mean(0)),
+    )
 
 
 def test_condition_enters_every_relation():
@@ -131,7 +135,9 @@ def test_eval_sampling_is_reproducible_and_seeded():
     torch.testing.assert_close(a(x, c), b(x, c), rtol=0, atol=0)
     assert not torch.equal(a(x, c), other(x, c))
     # a caller-supplied generator overrides the module's seed
-    torch.testing.assert_close(a(x, c, torch.Generator().manual_seed(4)), other(x, c), rtol=0, atol=0)
+    torch.testing.assert_close(
+        a(x, c, torch.Generator().manual_seed(4)), other(x, c), rtol=0, atol=0
+    )
 
 
 def test_training_samples_afresh_but_reproducibly():
@@ -188,8 +194,15 @@ def _ramp(shape, freq, phase) -> torch.Tensor:
 @pytest.mark.parametrize("case", json.loads(GOLDEN.read_text())["cases"], ids=lambda c: c["name"])
 def test_matches_official_crn_golden(case):
     golden = json.loads(GOLDEN.read_text())
-    model = CRN(CRNConfig(case["module_dim"], case["num_objects"], case["max_subset_size"],
-                          case["gating"], golden["spl_resolution"])).eval()
+    model = CRN(
+        CRNConfig(
+            case["module_dim"],
+            case["num_objects"],
+            case["max_subset_size"],
+            case["gating"],
+            golden["spl_resolution"],
+        )
+    ).eval()
     assert sorted(model.state_dict()) == case["state_keys"]  # official checkpoints load strictly
     _fill(model)
     b, n, d = golden["batch"], case["num_objects"], case["module_dim"]
@@ -205,7 +218,9 @@ def test_matches_official_crn_golden(case):
 
 def _hcrn(**kw) -> HCRNClassifier:
     torch.manual_seed(0)
-    cfg = dict(vision_dim=12, module_dim=8, num_clips=4, frames_per_clip=5, spl_resolution=2, num_classes=7)
+    cfg = dict(
+        vision_dim=12, module_dim=8, num_clips=4, frames_per_clip=5, spl_resolution=2, num_classes=7
+    )
     cfg.update(kw)
     return HCRNClassifier(HCRNClassifierConfig(**cfg)).eval()
 

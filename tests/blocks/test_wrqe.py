@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from blocks.registry import load_weights
-from blocks.wrqe import WRQE, WRQEConfig, WeightedConvLSTMCell, convert_tf_checkpoint, derive_side_info
+from blocks.wrqe import (
+    WRQE,
+    WeightedConvLSTMCell,
+    WRQEConfig,
+    convert_tf_checkpoint,
+    derive_side_info,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "wrqe_official.json"
 TINY = dict(channels=4, kernel_size=3, side_hidden=8)
@@ -32,8 +38,10 @@ def _inputs(b=2, t=4, size=8):
 
 def _force_logits(model: WRQE, value) -> None:
     """Replace the side-information branch's per-frame logits (the dense layer's output)."""
+
     def hook(_module, _inp, out):
         return torch.as_tensor(value, dtype=out.dtype).expand_as(out.squeeze(-1)).reshape(out.shape)
+
     model.side_dense.register_forward_hook(hook)
 
 
@@ -43,6 +51,7 @@ def _record_cell(model: WRQE) -> list[dict]:
     def hook(module, args, out):
         x, (h, c), f, u = args
         calls.append(dict(x=x, h_prev=h, c_prev=c, f=f, u=u, h=out[0], c=out[1]))
+
     model.cell.register_forward_hook(hook)
     return calls
 
@@ -94,7 +103,9 @@ def test_u_zero_keeps_memory_so_state_stays_at_zero(variant):
         model(frames, side)
     assert len(calls) == 2 * frames.shape[1]
     for call in calls:
-        assert torch.equal(call["u"], torch.zeros_like(call["u"])) and torch.equal(call["f"], torch.ones_like(call["f"]))
+        assert torch.equal(call["u"], torch.zeros_like(call["u"])) and torch.equal(
+            call["f"], torch.ones_like(call["f"])
+        )
         assert torch.equal(call["c"], call["c_prev"])  # c_t = 1 * c_{t-1} + 0 * act(j)
         assert call["c"].abs().max() == 0 and call["h"].abs().max() == 0  # zero initial state kept
 
@@ -166,17 +177,22 @@ def test_shape_errors_name_the_expected_shape():
 def test_derive_side_info_by_hand():
     side = derive_side_info([10, 20, 40], [30.0, 34.0, 32.0])
     # windows (edge replicated): frame0 -> [0,0,0,1,2], frame1 -> [0,0,1,2,2], frame2 -> [0,1,2,2,2]
-    expected = np.array([
-        [0, 0, 0, 1, 0.5] + [0, 0, 0, 1 / 3, 1],
-        [0, 0, 1, 0.5, 0.5] + [0, 0, 1 / 3, 1, 1],
-        [0, 1, 0.5, 0.5, 0.5] + [0, 1 / 3, 1, 1, 1],
-    ], dtype=np.float32)
+    expected = np.array(
+        [
+            [0, 0, 0, 1, 0.5] + [0, 0, 0, 1 / 3, 1],
+            [0, 0, 1, 0.5, 0.5] + [0, 0, 1 / 3, 1, 1],
+            [0, 1, 0.5, 0.5, 0.5] + [0, 1 / 3, 1, 1, 1],
+        ],
+        dtype=np.float32,
+    )
     assert side.shape == (3, 10) and side.dtype == np.float32
     np.testing.assert_allclose(side, expected, rtol=0, atol=1e-7)
 
 
 def test_derive_side_info_edge_cases():
-    np.testing.assert_array_equal(derive_side_info([5, 5], [1.0, 1.0]), np.full((2, 10), 0.5, np.float32))
+    np.testing.assert_array_equal(
+        derive_side_info([5, 5], [1.0, 1.0]), np.full((2, 10), 0.5, np.float32)
+    )
     qp = derive_side_info([1, 2, 3], [22, 30, 26], higher_is_better=False)  # lowest QP is best
     np.testing.assert_allclose(qp[1, :5], [1, 1, 0, 0.5, 0.5], atol=1e-7)
     assert derive_side_info([7], [30.0]).shape == (1, 10)
@@ -195,7 +211,9 @@ def test_tf_converter_passthrough_drops_optimizer_slots_and_rejects_unknown():
     assert convert_tf_checkpoint(own).keys() == own.keys()
     with pytest.raises(ValueError, match="unrecognised"):
         convert_tf_checkpoint({"ConvLSTM_2D/mystery/kernel": np.zeros((3, 3, 1, 1))})
-    converted = convert_tf_checkpoint({"W/a": np.float32(3.0), "W/a/Adam": np.float32(0), "beta1_power": np.float32(0)})
+    converted = convert_tf_checkpoint(
+        {"W/a": np.float32(3.0), "W/a/Adam": np.float32(0), "beta1_power": np.float32(0)}
+    )
     assert set(converted) == {"temperature"} and converted["temperature"].item() == 3.0
 
 
@@ -222,23 +240,38 @@ def test_side_info_matches_official_normalisation():
 def test_matches_official_tf_graph_golden(mode):
     golden = json.loads(GOLDEN.read_text())
     case = next(v for v in golden["variants"] if v["mode"] == mode)
-    tf_state = {name: (np.float32(2.0) if name == "W/a" else _fill(shape, i))
-                for i, (name, shape) in enumerate(case["variables"])}
-    model = WRQE(WRQEConfig(variant="psnr" if mode == "PSNR" else "msssim", channels=golden["filters"],
-                            kernel_size=golden["kernel"], side_hidden=golden["lstm_units"])).eval()
+    tf_state = {
+        name: (np.float32(2.0) if name == "W/a" else _fill(shape, i))
+        for i, (name, shape) in enumerate(case["variables"])
+    }
+    model = WRQE(
+        WRQEConfig(
+            variant="psnr" if mode == "PSNR" else "msssim",
+            channels=golden["filters"],
+            kernel_size=golden["kernel"],
+            side_hidden=golden["lstm_units"],
+        )
+    ).eval()
     load_weights(model, tf_state, convert_tf_checkpoint)  # strict: every TF variable maps
 
     b, t, h, w, c = golden["shape_BTHWC"]
     n = b * t * h * w * c
-    frames_nhwc = ((np.cos(np.arange(n) * 0.3 + 0.1) + 1) / 2).reshape(b, t, h, w, c).astype(np.float32)
+    frames_nhwc = (
+        ((np.cos(np.arange(n) * 0.3 + 0.1) + 1) / 2).reshape(b, t, h, w, c).astype(np.float32)
+    )
     frames = torch.from_numpy(frames_nhwc).permute(0, 1, 4, 2, 3).contiguous()  # (B, T, 3, H, W)
     side = torch.tensor(golden["official_side_info"], dtype=torch.float32)[None]  # (1, T, 10)
     with torch.no_grad():
         u = model.update_weights(side)
         residual = (model(frames, side) - frames).permute(0, 1, 3, 4, 2)  # (B, T, H, W, 3) as TF
     torch.testing.assert_close(u.flatten(), torch.tensor(case["u"]), rtol=0, atol=1e-6)
-    torch.testing.assert_close(residual.reshape(t, -1).mean(1), torch.tensor(case["residual_frame_means"]),
-                               rtol=0, atol=1e-5)
-    torch.testing.assert_close(residual.reshape(-1)[::7], torch.tensor(case["residual_every_7th"]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        residual.reshape(t, -1).mean(1),
+        torch.tensor(case["residual_frame_means"]),
+        rtol=0,
+        atol=1e-5,
+    )
+    torch.testing.assert_close(
+        residual.reshape(-1)[::7], torch.tensor(case["residual_every_7th"]), rtol=0, atol=1e-5
+    )
     assert not math.isclose(float(residual.abs().max()), 0.0)

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+
+from pipeline.tables import VIDEOS_SCHEMA, clips_schema
 
 _STARTUP_TIMEOUT_S = 90.0
 
@@ -152,35 +156,35 @@ _VIDEO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _clips_table(rows: list[dict[str, Any]], feature_dim: int | None) -> Any:
-    from pipeline.tables import clips_schema
-
+def _clips_table(rows: list[dict[str, Any]], feature_dim: int | None) -> pa.Table:
     full = [{**_CLIP_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows]
     return _table(full, clips_schema(feature_dim))
 
 
-def _videos_table(rows: list[dict[str, Any]]) -> Any:
-    from pipeline.tables import VIDEOS_SCHEMA
-
+def _videos_table(rows: list[dict[str, Any]]) -> pa.Table:
     full = [{**_VIDEO_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows]
     return _table(full, VIDEOS_SCHEMA)
 
 
-def _table(rows: list[dict[str, Any]], schema: Any) -> Any:
-    import pyarrow as pa
-
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _write_parquet(table: Any, uri: str, storage_options: dict[str, Any] | None = None) -> None:
-    import pyarrow.parquet as pq
+def _write_parquet(table: pa.Table, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a table as a sink must.
 
+    pyarrow 25 cannot read back a *stored* fixed_size_list schema when the column holds nulls
+    (apache/arrow#35692), so such tables are written without the Arrow schema (``feature`` then
+    reads back as ``list<float32>``); other tables keep it, so both layouts are exercised.
+    """
     from pipeline.uris import filesystem
 
+    null_fixed_lists = any(pa.types.is_fixed_size_list(field.type) and table.column(field.name).null_count
+                           for field in table.schema)
     fs, path = filesystem(uri, storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(table, f, compression="zstd", store_schema=not null_fixed_lists)
 
 
 @pytest.fixture

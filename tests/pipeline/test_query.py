@@ -186,3 +186,16 @@ def test_write_result_formats(local_output: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format"):
         write_result(result, "xml")  # type: ignore[arg-type]
     assert write_result(pa.table({"x": pa.array([], pa.int64())}), "json") == "[]\n"
+
+
+def test_fixed_size_feature_with_nulls_is_read_or_explained(tmp_path: Path, clips_table) -> None:
+    table = clips_table([{"video_id": "v", "clip_index": 0, "feature": None},
+                         {"video_id": "v", "clip_index": 1, "feature": [1.0, 2.0]}], feature_dim=2)
+    (tmp_path / "clips").mkdir()
+    pq.write_table(table, tmp_path / "clips" / "part-0.parquet")  # Arrow schema stored
+    try:
+        result = query(str(tmp_path), "SELECT count(feature) AS n FROM clips")
+    except QueryError as exc:  # pyarrow without the fix for apache/arrow#35692
+        assert "store_schema=False" in str(exc)
+    else:
+        assert result.to_pylist() == [{"n": 1}]
