@@ -11,14 +11,14 @@ so ``frame-average``, ``convpool`` and ``i3d-inflated`` give ImageNet labels zer
 clip they reproduce the image model exactly). ``lrcn``, ``convpool-lstm`` and ``two-stream`` add
 fresh layers (LSTM, flow stream) that must be trained before their scores mean anything.
 
-| name           | paper                                          | temporal model                      |
-|----------------|------------------------------------------------|-------------------------------------|
-| frame-average  | (baseline)                                     | mean of frame features → head       |
-| lrcn           | Donahue et al. 2015, arXiv 1411.4389           | LSTM, per-step logits averaged      |
-| convpool       | Ng et al. 2015, arXiv 1503.08909               | max over time of conv feature maps  |
-| convpool-lstm  | Ng et al. 2015, arXiv 1503.08909               | deep LSTM, weighted per-step logits |
-| two-stream     | Simonyan & Zisserman 2014, arXiv 1406.2199     | RGB + stacked-flow streams, fusion  |
-| i3d-inflated   | Carreira & Zisserman 2017, arXiv 1705.07750    | 2D weights inflated to 3D           |
+| name          | paper                                 | temporal model                      |
+|---------------|---------------------------------------|-------------------------------------|
+| frame-average | (baseline)                            | mean of frame features → head       |
+| lrcn          | Donahue et al. 2015, arXiv 1411.4389  | LSTM, per-step logits averaged      |
+| convpool      | Ng et al. 2015, arXiv 1503.08909      | max over time of conv feature maps  |
+| convpool-lstm | Ng et al. 2015, arXiv 1503.08909      | deep LSTM, weighted per-step logits |
+| two-stream    | Simonyan 2014, arXiv 1406.2199        | RGB + stacked-flow streams, fusion  |
+| i3d-inflated  | Carreira 2017, arXiv 1705.07750       | 2D weights inflated to 3D           |
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ from blocks.registry import create_block, register_block
 
 ENCODERS = ("efficientnet-lite0",)
 
-_EFFICIENTNET_WEIGHTS_LICENCE = "Apache-2.0 (EfficientNet-Lite0 ImageNet weights, see efficientnet-lite0)"
+_EFFICIENTNET_WEIGHTS_LICENCE = "Apache-2.0 (EfficientNet-Lite0 ImageNet weights)"
 _CLIP_LAYOUT = "(B, T, 3, H, W) RGB clips, each frame preprocessed for the encoder"
-_CLIP_RANGE = "encoder-normalised: (pixel - 127) / 128, about [-1, 1] (blocks.efficientnet_lite.preprocess)"
+_CLIP_RANGE = ("encoder-normalised: (pixel - 127) / 128, about [-1, 1] "
+               "(blocks.efficientnet_lite.preprocess)")
 
 
 def _tiny_clips(batch: int, frames: int = 2, size: int = 32) -> tuple[torch.Tensor]:
@@ -64,7 +65,8 @@ def build_encoder(name: str, pretrained: bool, num_classes: int, **config: Any) 
         raise ValueError(f"unsupported encoder {name!r}; expected one of {ENCODERS}")
     encoder = create_block(name, pretrained=pretrained, num_classes=num_classes, **config)
     if not isinstance(encoder, EfficientNetLite):
-        raise TypeError(f"encoder {name!r} built a {type(encoder).__name__}, expected EfficientNetLite")
+        raise TypeError(f"encoder {name!r} built a {type(encoder).__name__}, "
+                        "expected an EfficientNetLite")
     return encoder
 
 
@@ -273,8 +275,8 @@ class ConvPool(_ClipClassifier):
     """Conv pooling (Ng et al. 2015): max over time of the last conv feature maps, then the head.
 
     The max runs over frames at each (channel, y, x) of the encoder's final feature map, before
-    the spatial average, as in the paper's "Conv Pooling" (the best of its pooling variants); the
-    encoder's classifier follows. A static clip therefore gives the image model's output.
+    the spatial average, as in the paper's "Conv Pooling"; the encoder's classifier follows
+    (the paper adds fully connected layers after the pooling, which training can add here). A static clip therefore gives the image model's output.
 
     Inputs:  clips (B, T, 3, H, W), encoder-normalised.
     Outputs: logits (B, num_classes); ``forward_features`` → (B, D).
@@ -341,7 +343,8 @@ class TwoStreamConfig(EncoderConfig):
             raise ValueError("flow_stack must be >= 1 and flow_scale > 0")
         w = tuple(self.fusion_weights)
         if len(w) != 2 or min(w) < 0 or sum(w) <= 0:
-            raise ValueError(f"fusion_weights must be two non-negative numbers, not both 0, got {w}")
+            raise ValueError(f"fusion_weights must be two non-negative numbers, not both 0, "
+                             f"got {w}")
 
 
 class TwoStream(_ClipClassifier):
@@ -350,9 +353,10 @@ class TwoStream(_ClipClassifier):
     * RGB stream: the frame encoder on every frame, features averaged over time → logits.
     * Flow stream: clips are mapped back to RGB in [0, 1] (``to_unit_range``, the inverse of the
       encoder normalisation, since IFNet expects [0, 1] frames); IFNet estimates the intermediate
-      flows F_t→0, F_t→1 (t = 1/2) of each consecutive pair; F_t→1 − F_t→0 ≈ F_0→1 is the
-      frame-to-frame displacement. L displacements are stacked (B, 2L, H, W) and classified by
-      an encoder whose stem takes 2L channels (cross-modality initialised from the RGB stem).
+      flows F_t→0, F_t→1 (t = 1/2) of each consecutive pair; their difference
+      F_t→1 − F_t→0 ≈ F_0→1 is the frame-to-frame displacement. L displacements are stacked
+      (B, 2L, H, W) and classified by an encoder whose stem takes 2L channels (cross-modality
+      initialised from the RGB stem).
     * Late fusion: a weighted average of the two softmax distributions.
 
     ``forward`` returns the log of the fused distribution, so ``softmax(forward(x))`` is exactly
@@ -373,16 +377,17 @@ class TwoStream(_ClipClassifier):
         self.flow_encoder = build_encoder(config.encoder, config.pretrained, config.num_classes,
                                           in_channels=2 * config.flow_stack,
                                           dropout_rate=config.dropout_rate)
-        self.register_buffer("fusion_weights", torch.tensor(config.fusion_weights, dtype=torch.float32),
-                             persistent=False)
+        weights = torch.tensor(config.fusion_weights, dtype=torch.float32)
+        self.register_buffer("fusion_weights", weights, persistent=False)
 
     def stacked_flow(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) → L stacked, scaled displacement fields (B, 2L, H, W) from the centre."""
+        """(B, T, 3, H, W) → the L central displacement fields, scaled, stacked: (B, 2L, H, W)."""
         _check_clips(clips, self.config.flow_stack + 1)
         b, t = clips.shape[:2]
         n = self.config.flow_stack
         start = (t - (n + 1)) // 2
-        frames = to_unit_range(clips[:, start:start + n + 1], self.preprocessing)  # (B, L+1, 3, H, W)
+        frames = clips[:, start:start + n + 1]  # (B, L+1, 3, H, W)
+        frames = to_unit_range(frames, self.preprocessing)  # IFNet wants RGB in [0, 1]
         img0 = frames[:, :-1].flatten(0, 1)  # (B*L, 3, H, W)
         img1 = frames[:, 1:].flatten(0, 1)  # (B*L, 3, H, W)
         flow, _mask = self.flow_net.estimate_flow(img0, img1)  # (B*L, 4, H, W): F_t→0, F_t→1
@@ -510,7 +515,8 @@ def inflate_efficientnet_lite(model: EfficientNetLite, time_kernel: int = 3) -> 
         else:
             continue
         parent_name, _, child = name.rpartition(".")
-        setattr(inflated.get_submodule(parent_name) if parent_name else inflated, child, replacement)
+        parent = inflated.get_submodule(parent_name) if parent_name else inflated
+        setattr(parent, child, replacement)
     return inflated
 
 

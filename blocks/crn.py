@@ -83,7 +83,7 @@ class CRNConfig:
 
 @lru_cache(maxsize=256)
 def _subsets(num_objects: int, k: int) -> torch.Tensor:
-    """Every ``k``-subset of ``range(num_objects)`` in lexicographic order: ``(C(N, k), k)`` int64."""
+    """Every ``k``-subset of ``range(num_objects)``, lexicographic: ``(C(N, k), k)`` int64."""
     return torch.tensor(list(itertools.combinations(range(num_objects), k)), dtype=torch.long)
 
 
@@ -130,7 +130,7 @@ class CRN(nn.Module):
         return 1 if n > 2 and self.config.max_subset_size == n else 0
 
     def sample_subsets(self, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Subsets used at scale ``k``: ``(S, k)`` object indices, ``S = min(spl_resolution, C(N, k))``.
+        """Subsets used at scale ``k``: ``(S, k)`` indices, ``S = min(spl_resolution, C(N, k))``.
 
         Uses every subset (in lexicographic order) when ``spl_resolution`` covers them all. Without
         ``generator``, the eval default is a fresh generator seeded with ``config.seed``.
@@ -212,7 +212,7 @@ class CRN(nn.Module):
     paper=_HCRN_PAPER,
     arxiv="2002.10698",
     repo=_HCRN_REPO,
-    input_layout="objects (B, N, D) or (B, N, L, D) float + cond (B, D_cond) -> (B, n_scales, [L,] D)",
+    input_layout="objects (B, N, D) or (B, N, L, D) + cond (B, D_cond) -> (B, n_scales, [L,] D)",
     value_range="any real-valued features",
     tiny_config={"module_dim": 8, "num_objects": 5, "max_subset_size": 5, "spl_resolution": 2},
     example_inputs=lambda b: (
@@ -282,7 +282,8 @@ def motion_from_frame_features(frame_feats: torch.Tensor) -> torch.Tensor:
     """
     if frame_feats.dim() != 4 or frame_feats.shape[2] < 2:
         raise ValueError(
-            f"expected frame features of shape (B, num_clips, F>=2, D), got {tuple(frame_feats.shape)}"
+            "expected frame features of shape (B, num_clips, F>=2, D), "
+            f"got {tuple(frame_feats.shape)}"
         )
     return (frame_feats[:, :, 1:] - frame_feats[:, :, :-1]).abs().mean(dim=2)  # (B, C, D)
 
@@ -407,7 +408,8 @@ def _hcrn_example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     paper=_HCRN_PAPER,
     arxiv="2002.10698",
     repo=_HCRN_REPO,
-    input_layout="frame features (B, num_clips, frames_per_clip, D) + motion (B, num_clips, D_motion) -> logits (B, num_classes)",
+    input_layout="frame features (B, num_clips, frames_per_clip, D) + motion "
+    "(B, num_clips, D_motion) -> logits (B, num_classes)",
     value_range="any real-valued features (e.g. pooled CNN features of decoded frames)",
     tiny_config={
         "vision_dim": 12,
@@ -418,9 +420,9 @@ def _hcrn_example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         "num_classes": 5,
     },
     example_inputs=_hcrn_example_inputs,
-    weights_licence="Apache-2.0 (official code); no bundled weights (train with a vmb training job)",
+    weights_licence="Apache-2.0 (official code); no bundled weights (train your own)",
     needs_weights=True,
-    description="HCRN clip/video-level CRN hierarchy over frame features with a classification head",
+    description="HCRN clip/video-level CRN hierarchy over frame features + classification head",
 )
 def build_hcrn_classifier(**config) -> HCRNClassifier:
     """Build an :class:`HCRNClassifier` from :class:`HCRNClassifierConfig` fields."""

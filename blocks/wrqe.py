@@ -34,30 +34,23 @@ Variants (``config.variant``), as in the official ``net_bi_wcell`` / ``net_bi_wc
 The official demo enhances GOP windows of 11 frames (key frame to key frame, overlapping by one);
 pretrained weights expect ``T = 11`` with key frames at both ends.
 
-State-dict naming and the TF checkpoint mapping (implemented by :func:`convert_tf_checkpoint`, the
-registered ``checkpoint_filter``; TF kernels are HWIO/``[in, out]``, PyTorch OIHW/``[out, in]``):
+State-dict naming and the TF checkpoint mapping, implemented by :func:`convert_tf_checkpoint`
+(the registered ``checkpoint_filter``). TF conv kernels are HWIO and go to PyTorch's OIHW; dense
+kernels are ``[in, out]`` and are transposed. The official graph has no ``bw`` variables.
 
-===============================================================  ===============================
-TF variable (official graph)                                     PyTorch key
-===============================================================  ===============================
-``LSTM_1D/bidirectional_rnn/fw/basic_lstm_cell/kernel`` [10+H,4H]  ``side_lstm.weight_ih_l0`` (rows
-                                                                 ``[:10]``), ``side_lstm.weight_hh_l0``
-                                                                 (rows ``[10:]``), transposed, gate
-                                                                 columns i,j,f,o → i,f,g=j,o
-``LSTM_1D/bidirectional_rnn/fw/basic_lstm_cell/bias`` [4H]       ``side_lstm.bias_ih_l0`` (reordered,
-                                                                 + TF ``forget_bias`` 1.0 on f),
-                                                                 ``side_lstm.bias_hh_l0`` = 0
-``LSTM_1D/dense/{kernel,bias}``                                  ``side_dense.{weight,bias}``
-``W/a``                                                          ``temperature``
-``ConvLSTM_2D/bidirectional_rnn/fw/conv_lstm_cell/{kernel,bias}`` ``cell.conv.{weight,bias}``
-psnr: ``ConvLSTM_2D/res1_0``, ``res1_{i}l1``, ``res1_{i}l2``,    ``encoder.head``,
-``res1_4``                                                       ``encoder.blocks.{i-1}.conv1``,
-                                                                 ``...conv2``, ``encoder.tail``
-psnr: ``ConvLSTM_2D/res2_*`` (same pattern)                      ``decoder.*``
-msssim: ``ConvLSTM_2D/conv1_{i}`` (i < 4), ``conv1_4``           ``encoder.layers.{i}``,
-                                                                 ``encoder.tail``
-msssim: ``ConvLSTM_2D/conv2_*`` (same pattern)                   ``decoder.*``
-===============================================================  ===============================
+* ``LSTM_1D/bidirectional_rnn/fw/basic_lstm_cell/kernel`` ``[10 + H, 4H]`` →
+  ``side_lstm.weight_ih_l0`` (rows ``[:10]``) and ``side_lstm.weight_hh_l0`` (rows ``[10:]``),
+  transposed, gate blocks reordered from TF's i, j, f, o to PyTorch's i, f, g (= j), o.
+* ``.../basic_lstm_cell/bias`` ``[4H]`` → ``side_lstm.bias_ih_l0`` (reordered, plus TF's
+  run-time ``forget_bias`` 1.0 on the f block); ``side_lstm.bias_hh_l0`` = 0.
+* ``LSTM_1D/dense/{kernel,bias}`` → ``side_dense.{weight,bias}``.
+* ``W/a`` → ``temperature``.
+* ``ConvLSTM_2D/bidirectional_rnn/fw/conv_lstm_cell/{kernel,bias}`` → ``cell.conv.*``.
+* psnr: ``ConvLSTM_2D/res1_0`` → ``encoder.head``; ``res1_{i}l1`` / ``res1_{i}l2`` →
+  ``encoder.blocks.{i-1}.conv1`` / ``.conv2``; ``res1_4`` → ``encoder.tail``; ``res2_*``
+  likewise → ``decoder.*``.
+* msssim: ``ConvLSTM_2D/conv1_{i}`` → ``encoder.layers.{i}`` (i < 4), ``conv1_4`` →
+  ``encoder.tail``; ``conv2_*`` likewise → ``decoder.*``.
 
 Optimizer slots (``*/Adam``, ``*/Adam_1``, ``beta*_power``) and ``global_step`` are dropped.
 """

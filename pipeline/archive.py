@@ -1,8 +1,14 @@
 """Listing a video archive into ``VideoTask``s: folders, globs, manifests, tar and zip shards.
 
 Works on any fsspec filesystem. Files whose extension is not a video extension are skipped and
-counted (``ArchiveListing.skipped``); anything with a video extension becomes a task, so a
-broken file still gets its own ``videos`` row.
+counted (``ArchiveListing.skipped``, reported in the job summary as ``skipped_files``), never a
+``videos`` row. Anything with a video extension becomes a task, so a broken file still gets its
+own ``videos`` row. Problems found while listing travel with the task (``VideoTask.problem``,
+``"<error_type>: <message>"``) and become that row's error: an unstat-able file
+(``SourceRead``), an unsafe member name (``UnsafeMemberName``), a tar member cut by the end of
+the shard (``Truncated``), a damaged tar header or an unreadable zip (``CorruptArchive``, one row
+named ``shard#@OFFSET`` / ``shard#``). Only an input that cannot be listed at all raises
+``ArchiveError``.
 """
 
 from __future__ import annotations
@@ -96,45 +102,108 @@ def _list_file(fs, full_uri: str, path: str, listing: ArchiveListing, archive_ur
     elif lower.endswith(".zip"):
         _list_zip(fs, full_uri, path, listing, label)
     elif is_video_name(path):
-        size = int(fs.size(path))
         key = member_key if member_key is not None else path
+        try:
+            size = int(fs.size(path))
+        except OSError as err:  # e.g. a dangling symlink: its own row, not a failed listing
+            listing.tasks.append(VideoTask(make_video_id(archive_uri, key, 0), full_uri, full_uri, 0,
+                                           label=label, problem=f"SourceRead: cannot stat: {err}"))
+            return
         listing.tasks.append(VideoTask(make_video_id(archive_uri, key, size), full_uri, full_uri,
                                        size, label=label))
     else:
         listing.skip("not a video")
 
 
-def _list_tar(fs, full_uri: str, path: str, listing: ArchiveListing, label: str | None) -> None:
-    """Read tar headers only (members are located by offset, never extracted)."""
+def _shard_problem(listing: ArchiveListing, full_uri: str, container: str, where: str,
+                   label: str | None, problem: str) -> None:
+    """A row for a damaged part of a shard (``where`` is ``""`` or ``"@OFFSET"``)."""
+    log.warning("%s: %s", redact_uri(full_uri), problem)
+    listing.tasks.append(VideoTask(make_video_id(full_uri, where, 0), f"{full_uri}#{where}", full_uri,
+                                   0, container=container, member=where, label=label, problem=problem))
+
+
+def _read_tar_headers(f, ignore_zeros: bool) -> tuple[list[tarfile.TarInfo], int, str | None]:
+    """Headers read in order until the end or the first error: ``(members, stop offset, error)``.
+
+    Without ``ignore_zeros`` tarfile ends the listing SILENTLY at a damaged header that is not
+    the first; the caller finds that case by looking at what follows the stop offset.
+    """
+    f.seek(0)
+    members: list[tarfile.TarInfo] = []
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            members = tar.getmembers()
-    except (tarfile.TarError, EOFError) as err:
-        log.warning("corrupt tar %s: %s", redact_uri(full_uri), err)
-        listing.tasks.append(VideoTask(make_video_id(full_uri, "", 0), full_uri, full_uri, 0,
-                                       container="tar", member="", label=label,
-                                       problem=f"SourceRead: corrupt tar: {err}"))
+        tar = tarfile.open(fileobj=f, mode="r:", ignore_zeros=ignore_zeros)
+    except tarfile.TarError as err:
+        return members, 0, str(err)
+    while True:
+        try:
+            info = tar.next()
+        except (tarfile.TarError, EOFError) as err:
+            return members, tar.offset, str(err) or type(err).__name__
+        if info is None:
+            return members, tar.offset, None
+        members.append(info)
+
+
+def _list_tar(fs, full_uri: str, path: str, listing: ArchiveListing, label: str | None) -> None:
+    """Read tar headers only (members are located by offset, never extracted).
+
+    Damage is recorded, never fatal, and never hides other members: a member whose data the end
+    of the shard cuts gets a ``Truncated`` row; a damaged header gets a ``CorruptArchive`` row
+    (``shard.tar#@OFFSET``) and the members after it are found again by scanning for valid
+    headers.
+    """
+    try:
+        with fs.open(path, "rb") as f:
+            size = int(fs.size(path))
+            members, stop, error = _read_tar_headers(f, ignore_zeros=False)
+            damaged_at = None
+            if error is None:
+                f.seek(stop)
+                rest = f.read(tarfile.BLOCKSIZE)
+                if rest.strip(b"\0"):
+                    damaged_at, error = stop, "invalid tar header (bad checksum or garbage)"
+            elif not members or members[-1].offset_data + members[-1].size <= size:
+                damaged_at = stop  # an error not explained by a member cut at the end
+            recovered: list[tarfile.TarInfo] = []
+            if damaged_at is not None:
+                again, _, _ = _read_tar_headers(f, ignore_zeros=True)
+                recovered = [m for m in again if m.offset > damaged_at]
+    except OSError as err:
+        _shard_problem(listing, full_uri, "tar", "", label, f"SourceRead: cannot read tar: {err}")
         return
-    for m in members:
+    if damaged_at is not None:
+        _shard_problem(listing, full_uri, "tar", f"@{damaged_at}", label,
+                       f"CorruptArchive: damaged tar at byte {damaged_at}: {error}; "
+                       f"{len(recovered)} later member(s) recovered by scanning")
+    for m in members + recovered:
         if not m.isfile():
             continue
         if not is_video_name(m.name):
             listing.skip("not a video")
             continue
-        problem = f"UnsafeMemberName: {m.name!r} escapes the archive" if unsafe_member_name(m.name) else None
+        problem = None
+        if unsafe_member_name(m.name):
+            problem = f"UnsafeMemberName: {m.name!r} escapes the archive"
+        elif m.offset_data + m.size > size:
+            problem = (f"Truncated: tar member {m.name!r} needs bytes up to {m.offset_data + m.size}, "
+                       f"the shard ends at {size}")
         listing.tasks.append(VideoTask(
             make_video_id(full_uri, m.name, m.size), f"{full_uri}#{m.name}", full_uri, m.size,
             container="tar", member=m.name, data_offset=m.offset_data, label=label, problem=problem))
 
 
 def _list_zip(fs, full_uri: str, path: str, listing: ArchiveListing, label: str | None) -> None:
+    """Read the zip's central directory. A zip without a readable one is one ``CorruptArchive``
+    row (``shard.zip#``); a member with damaged data fails later, when it is read."""
     try:
         with fs.open(path, "rb") as f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, EOFError) as err:
-        listing.tasks.append(VideoTask(make_video_id(full_uri, "", 0), full_uri, full_uri, 0,
-                                       container="zip", member="", label=label,
-                                       problem=f"SourceRead: corrupt zip: {err}"))
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        _shard_problem(listing, full_uri, "zip", "", label, f"CorruptArchive: corrupt zip: {err}")
+        return
+    except OSError as err:
+        _shard_problem(listing, full_uri, "zip", "", label, f"SourceRead: cannot read zip: {err}")
         return
     for info in infos:
         if info.is_dir():

@@ -74,7 +74,7 @@ class _VideoState:
 @dataclass
 class _Segment:
     expected: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # clip_index -> row
     error: dict[str, str] | None = None
 
 
@@ -88,6 +88,7 @@ class _Collector:
         self.keys = [m.output_key for m in spec.models]
         self.versions: dict[str, str] = {}
         self.pending: dict[tuple[str, int], _Segment] = {}
+        self.closed: set[tuple[str, int]] = set()
         self.on_clips = on_clips
         self.clips_written = 0
         self.frames_decoded = 0
@@ -97,7 +98,11 @@ class _Collector:
         self.infer_s = 0.0
 
     def add(self, row: dict[str, Any]) -> None:
+        """Take one row from the last stage. Retried tasks may repeat rows: clips are keyed by
+        index, and rows of an already published segment are ignored."""
         key = (str(row["video_id"]), int(row["segment_index"]))
+        if key in self.closed:
+            return
         seg = self.pending.setdefault(key, _Segment(expected=int(row["clips_in_segment"])))
         state = self.videos[key[0]]
         state.decode_s += float(row["decode_s"])
@@ -105,19 +110,20 @@ class _Collector:
         if not row["ok"]:
             seg.error = {k: str(row[k]) for k in ("status", "error_type", "error_message")}
             seg.expected = int(row.get("emitted_before_error") or 0)
-        else:
-            seg.rows.append(row)
+        elif int(row["clip_index"]) not in seg.rows:
+            seg.rows[int(row["clip_index"])] = row
             self.frames_decoded += len(row["frame_indices"])
             for k in self.keys:
                 state.infer_s += float(row[f"infer_s:{k}"])
                 self.infer_s += float(row[f"infer_s:{k}"])
-        if len(seg.rows) >= seg.expected and (seg.error or seg.expected == int(row["clips_in_segment"])):
+        if len(seg.rows) >= seg.expected:
             self._finish_segment(key, seg)
 
     def _finish_segment(self, key: tuple[str, int], seg: _Segment) -> None:
         import pickle
 
         del self.pending[key]
+        self.closed.add(key)
         state = self.videos[key[0]]
         if seg.error:
             state.error = state.error or seg.error
@@ -125,7 +131,7 @@ class _Collector:
             for model in self.spec.models:
                 k = model.output_key
                 out_rows = []
-                for r in seg.rows:
+                for r in seg.rows.values():
                     res = pickle.loads(r[RESULT_PREFIX + k])
                     if isinstance(res, dict):  # the model failed on this clip's batch
                         state.error = state.error or {"status": "error", "error_type": "ModelError",

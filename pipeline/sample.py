@@ -59,6 +59,8 @@ class SamplePhoto:
         zoom: ``(tight, wide)`` crop widths as fractions of the widest crop with the video's
             aspect ratio that fits the photo; chosen so every framing in between still shows
             the subject to a classifier.
+        pan: how far the wide framing is shifted off ``center``, as a fraction of the room
+            left around it (0: pure zoom).
     """
 
     name: str
@@ -67,12 +69,15 @@ class SamplePhoto:
     imagenet_labels: tuple[str, ...]
     center: tuple[float, float] = (0.5, 0.5)
     zoom: tuple[float, float] = (0.6, 1.0)
+    pan: float = 0.5
 
     def __post_init__(self) -> None:
         if not all(0.0 <= c <= 1.0 for c in self.center):
             raise ValueError(f"{self.name}: center must be normalised, got {self.center}")
         if not 0.1 <= self.zoom[0] < self.zoom[1] <= 1.0:
             raise ValueError(f"{self.name}: zoom must be 0.1 <= tight < wide <= 1, got {self.zoom}")
+        if not 0.0 <= self.pan <= 1.0:
+            raise ValueError(f"{self.name}: pan must be in [0, 1], got {self.pan}")
 
 
 SAMPLES: tuple[SamplePhoto, ...] = (
@@ -81,7 +86,7 @@ SAMPLES: tuple[SamplePhoto, ...] = (
                 center=(0.5, 0.45)),
     SamplePhoto("coffee", "coffee.png", "coffee cup", ("espresso", "cup", "coffee mug")),
     SamplePhoto("rocket", "rocket.jpg", "rocket", ("missile", "projectile", "space shuttle"),
-                center=(0.5, 0.5), zoom=(0.45, 0.75)),
+                center=(0.52, 0.45), zoom=(0.45, 0.6), pan=0.15),
     SamplePhoto("motorcycle", "motorcycle_left.png", "motorcycle", ("moped", "motor scooter"),
                 center=(0.5, 0.55), zoom=(0.65, 1.0)),
     SamplePhoto("cameraman", "camera.png", "tripod", ("tripod",), center=(0.45, 0.5)),
@@ -146,7 +151,7 @@ def make_sample_archive(
             hashes[file_name] = known
         else:
             frames = ken_burns(load_photo(photo), num_frames, (width, height),
-                               center=photo.center, zoom=photo.zoom, seed=seed * 1009 + index)
+                               center=photo.center, zoom=photo.zoom, pan=photo.pan, seed=seed * 1009 + index)
             data = encode_mp4_bytes(frames, fps, crf=SAMPLE_CRF)
             write_bytes_atomic(uri, data, storage_options)
             hashes[file_name] = {"recipe": recipe, "sha256": hashlib.sha256(data).hexdigest()}
@@ -206,6 +211,7 @@ def ken_burns(
     *,
     center: tuple[float, float] = (0.5, 0.5),
     zoom: tuple[float, float] = (0.6, 1.0),
+    pan: float = 0.5,
     seed: int = 0,
 ) -> np.ndarray:
     """Animate a still with a smooth pan and zoom.
@@ -221,6 +227,7 @@ def ken_burns(
         size: ``(width, height)`` of the output.
         center: normalised ``(x, y)`` the tight framing is centred on.
         zoom: ``(tight, wide)`` box widths as fractions of the widest box that fits.
+        pan: shift of the wide framing off ``center``, as a fraction of the room around it.
         seed: chooses the path.
 
     Returns:
@@ -251,9 +258,11 @@ def ken_burns(
     tight_xy = clamp_origin(cx + rng.uniform(-0.03, 0.03) * tight_w,
                             cy + rng.uniform(-0.03, 0.03) * tight_w, tight_w)
     wide_w = widest * zoom[1] * rng.uniform(0.95, 1.0)
+    # Shift the wide framing to one side (and a little up or down), so the clip pans as well as
+    # zooms.
     side = rng.choice([-1.0, 1.0])
-    # Shift the wide framing sideways by up to half its slack, so the clip pans as well as zooms.
-    wide_xy = clamp_origin(cx + side * (img_w - wide_w) / 2, cy + rng.uniform(-0.1, 0.1) * img_h, wide_w)
+    wide_xy = clamp_origin(cx + side * pan * (img_w - wide_w) / 2,
+                           cy + rng.uniform(-0.5, 0.5) * pan * (img_h - wide_w / aspect) / 2, wide_w)
     (start_w, start_xy), (end_w, end_xy) = ((tight_w, tight_xy), (wide_w, wide_xy))
     if rng.random() < 0.5:
         (start_w, start_xy), (end_w, end_xy) = (end_w, end_xy), (start_w, start_xy)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.media import safe_path_segment, write_bytes_atomic
 from pipeline.tables import CLIPS_DIR, JOB_FILE, VIDEOS_DIR, VIDEOS_SCHEMA, clips_schema
-from pipeline.uris import filesystem, join
+from pipeline.uris import filesystem, join, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,11 @@ class TableSink:
             path = f"{root}/{sub}"
             if not fs.exists(path):
                 continue
-            for name in (p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)):
+            for full in fs.ls(path, detail=False):
+                name = full.rsplit("/", 1)[-1]
+                if name.startswith(".") and name.endswith(".tmp"):
+                    fs.rm(full)  # left by a crashed writer; never part of the tables
+                    continue
                 m = pattern.match(name)
                 if not m:
                     continue
@@ -96,12 +100,14 @@ class TableSink:
                   for name in schema.names]
         table = pa.Table.from_arrays(arrays, schema=schema)
         uri = join(self.output, CLIPS_DIR, clip_file_name(video_id, segment_index, model_key))
-        write_bytes_atomic(uri, _to_parquet_bytes(table), self.storage_options)
+        self._publish(uri, _to_parquet_bytes(table))
+
+    def _publish(self, uri: str, data: bytes) -> None:
+        with_retries(lambda: write_bytes_atomic(uri, data, self.storage_options), f"writing {uri}")
 
     def write_video(self, row: dict[str, Any]) -> None:
         table = pa.Table.from_pylist([row], schema=VIDEOS_SCHEMA)
-        uri = join(self.output, VIDEOS_DIR, f"{row['video_id']}.parquet")
-        write_bytes_atomic(uri, _to_parquet_bytes(table), self.storage_options)
+        self._publish(join(self.output, VIDEOS_DIR, f"{row['video_id']}.parquet"), _to_parquet_bytes(table))
 
     def read_job(self) -> dict[str, Any] | None:
         fs, path = filesystem(join(self.output, JOB_FILE), self.storage_options)
@@ -111,4 +117,4 @@ class TableSink:
 
     def write_job(self, doc: dict[str, Any]) -> None:
         data = json.dumps(doc, indent=2, sort_keys=True, default=str).encode()
-        write_bytes_atomic(join(self.output, JOB_FILE), data, self.storage_options)
+        self._publish(join(self.output, JOB_FILE), data)

@@ -1,10 +1,12 @@
 """Reading a video's bytes: local paths stay paths; remote files and archive members are read
-into memory (tar members by byte range, zip members through zipfile), never extracted to disk."""
+into memory (tar members by byte range, zip members through zipfile), never extracted to disk,
+so a member's name never becomes a path on this machine."""
 
 from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from typing import Any, Mapping
 
 from pipeline import errors
@@ -15,30 +17,39 @@ Source = str | io.BytesIO
 
 
 def raise_listing_problem(task: VideoTask) -> None:
-    """Re-raise, as its typed error, a problem the archive listing found for ``task``."""
+    """Re-raise, as its typed error, a problem the archive listing found for ``task``.
+
+    ``task.problem`` is ``"<error_type>: <message>"`` (see ``pipeline.archive``).
+    """
     if not task.problem:
         return
     kind, _, message = task.problem.partition(": ")
-    by_type = {cls.error_type: cls for cls in (errors.UnsafeMemberError, errors.SourceReadError)}
-    raise by_type.get(kind, errors.SourceReadError)(message)
+    raise errors.error_class(kind)(message)
 
 
 def read_source(task: VideoTask, storage_options: Mapping[str, Any] | None = None) -> Source:
     """A local path or an in-memory file with the video's bytes.
 
     Raises:
-        EmptyFileError, SourceReadError, UnsafeMemberError.
+        EmptyFileError: zero bytes.
+        TruncatedError: a tar member whose data is cut short by the end of the shard.
+        CorruptArchiveError: a zip member failing its CRC or decompression, an unreadable zip.
+        SourceReadError: any other read failure (missing object, permission, I/O).
+        UnsafeMemberError: (and any other listing problem) re-raised from the listing.
     """
     raise_listing_problem(task)
     fs, path = filesystem(task.source, storage_options)
+    uri = redact_uri(task.video_uri)
     try:
         if task.container == "tar":
             start = int(task.data_offset or 0)
             data = fs.cat_file(path, start=start, end=start + task.size) if task.size else b""
+            if len(data) < task.size:
+                raise errors.TruncatedError(
+                    f"tar member {uri} holds {len(data)} of its {task.size} bytes (the shard is cut)")
         elif task.container == "zip":
-            with fs.open(path, "rb") as f, zipfile.ZipFile(f) as zf:
-                data = zf.read(task.member)
-        elif "local" in _protocols(fs):
+            data = _read_zip_member(fs, path, task.member or "", uri)
+        elif "local" in _protocols(fs) or "file" in _protocols(fs):
             if fs.size(path) == 0:
                 raise errors.EmptyFileError("zero-byte file")
             return path
@@ -46,11 +57,21 @@ def read_source(task: VideoTask, storage_options: Mapping[str, Any] | None = Non
             data = fs.cat_file(path)
     except errors.VideoError:
         raise
-    except (OSError, zipfile.BadZipFile, KeyError, EOFError) as err:
-        raise errors.SourceReadError(f"cannot read {redact_uri(task.video_uri)}: {err}") from None
+    except (OSError, KeyError, EOFError) as err:
+        raise errors.SourceReadError(f"cannot read {uri}: {err}") from None
     if not data:
         raise errors.EmptyFileError("zero-byte file")
     return io.BytesIO(data)
+
+
+def _read_zip_member(fs, path: str, member: str, uri: str) -> bytes:
+    try:
+        with fs.open(path, "rb") as f, zipfile.ZipFile(f) as zf:
+            return zf.read(member)
+    # zipfile raises BadZipFile (bad CRC, bad header), zlib.error (corrupt deflate data),
+    # NotImplementedError (unknown compression) and RuntimeError (encrypted member).
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+        raise errors.CorruptArchiveError(f"cannot read {uri}: {err}") from None
 
 
 def _protocols(fs) -> tuple[str, ...]:

@@ -54,6 +54,7 @@ class DecodeSpec(_Strict):
     timeout_s: float = Field(300.0, gt=0)
     actors: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, gt=0)
+    isolation: Literal["process", "none"] = "process"
 
 
 class ModelSpec(_Strict):

@@ -1,42 +1,98 @@
 """Submitting a job to a Ray cluster through the Ray Jobs API.
 
-The working directory is uploaded as the job's ``working_dir``; the entrypoint runs
-``vmb run`` on the cluster. Token authentication: a head started with token auth expects the
-token in ``RAY_AUTH_TOKEN`` (or the token file written by ``ray get-auth-token --generate``);
-``--token`` / ``VMB_RAY_TOKEN`` set it for this client.
+The working directory is uploaded as the job's ``working_dir`` (minus :data:`UPLOAD_EXCLUDES`
+and whatever ``.gitignore`` files exclude); the entrypoint runs ``vmb run`` on the cluster, whose
+driver connects to that cluster. Paths in the spec (``input``, ``output``) are read on the
+cluster, so they must be URIs or paths the cluster's nodes can reach.
+
+Token authentication (Ray >= 2.52; a head started with ``RAY_AUTH_MODE=token``, or, since Ray
+2.59, any ``ray start --head`` that finds a token) expects ``Authorization: Bearer <token>`` on
+every Jobs API request. The token sent is, in order: the ``token`` argument (``vmb ... --token``),
+then what Ray's own token loader finds: ``RAY_AUTH_TOKEN``, the file named by
+``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token`` (written by ``ray get-auth-token --generate``).
+Unlike Ray's client, the token is sent whatever ``RAY_AUTH_MODE`` says in the client's shell.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 UPLOAD_EXCLUDES = [".venv", ".vmb", ".git", "**/__pycache__", "*.mp4", "*.pth", "*.pkl", "mlruns",
-                   "bench/results"]
+                   "mlflow.db", "bench/results", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+
+_TOKEN_HINT = ("pass --token TOKEN or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH); "
+               "`ray get-auth-token` on the head prints the cluster's token")
 
 
 class SubmitError(RuntimeError):
-    """The Ray Jobs API refused or could not be reached."""
+    """The Ray Jobs API refused the request or could not be reached."""
 
 
-def _client(address: str, token: str | None = None):
+def resolve_token(token: str | None = None) -> tuple[str | None, str]:
+    """The auth token to send and where it came from (for messages; never the token itself).
+
+    Raises:
+        SubmitError: ``RAY_AUTH_TOKEN_PATH`` names a file that cannot be read or is empty.
+    """
+    if token:
+        return token, "--token"
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.exceptions import AuthenticationError
+
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # the loader caches; the environment may have changed since
+    try:
+        if not loader.has_token(ignore_auth_mode=True):
+            return None, "none found"
+        found = loader.get_raw_token(ignore_auth_mode=True)
+    except AuthenticationError as err:
+        raise SubmitError(str(err).split(". Note:")[0]) from None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return found, "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return found, os.environ["RAY_AUTH_TOKEN_PATH"]
+    return found, "~/.ray/auth_token"
+
+
+@contextlib.contextmanager
+def _jobs_api(address: str | None, token: str | None) -> Iterator:
+    """A ``JobSubmissionClient`` for ``address``; every failure becomes one :class:`SubmitError`."""
+    import requests
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    token = token or os.environ.get("VMB_RAY_TOKEN")
-    if token:
-        os.environ["RAY_AUTH_TOKEN"] = token
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    token, source = resolve_token(token)
+    where = address or "the default address (set --address or RAY_API_SERVER_ADDRESS)"
     try:
-        return JobSubmissionClient(address, headers=headers)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
+        yield JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
+    except AuthenticationError as err:
+        if token is None:
+            raise SubmitError(f"the Ray Jobs API at {where} requires an auth token and none was "
+                              f"found: {_TOKEN_HINT}") from None
+        raise SubmitError(f"the Ray Jobs API at {where} refused the auth token from {source} "
+                          f"({_first_line(err)}): {_TOKEN_HINT}") from None
+    except (ConnectionError, requests.RequestException) as err:
+        raise SubmitError(f"cannot reach the Ray Jobs API at {where}: {_first_line(err)}") from None
+    except (RuntimeError, ValueError) as err:  # the SDK reports HTTP errors as RuntimeError
+        raise SubmitError(f"Ray Jobs API at {where}: {_first_line(err)}") from None
 
 
-def submit(spec_path: str, address: str, overrides: list[str] | None = None,
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def submit(spec_path: str, address: str | None, overrides: list[str] | None = None,
            working_dir: str | None = None, token: str | None = None) -> str:
-    """Submit ``vmb run spec_path`` to the cluster; returns the Ray job id."""
+    """Submit ``vmb run spec_path`` to the cluster; returns the Ray job id.
+
+    The entrypoint uses this interpreter's path (``sys.executable``), so the cluster's nodes need
+    the same Python environment at the same path (a shared image or filesystem).
+    """
     working_dir = str(Path(working_dir or os.getcwd()).resolve())
     spec = Path(spec_path).resolve()
     try:
@@ -45,18 +101,24 @@ def submit(spec_path: str, address: str, overrides: list[str] | None = None,
         raise SubmitError(f"{spec_path} must lie inside the uploaded working dir {working_dir}") from None
     args = ["run", str(rel), "--no-progress"] + [x for o in (overrides or []) for x in ("--set", o)]
     entrypoint = f"{shlex.quote(sys.executable)} -m pipeline.cli " + " ".join(shlex.quote(a) for a in args)
-    client = _client(address, token)
-    return client.submit_job(entrypoint=entrypoint,
-                             runtime_env={"working_dir": working_dir, "excludes": UPLOAD_EXCLUDES})
+    with _jobs_api(address, token) as client:
+        return client.submit_job(entrypoint=entrypoint,
+                                 runtime_env={"working_dir": working_dir, "excludes": UPLOAD_EXCLUDES})
 
 
-def status(job_id: str, address: str, token: str | None = None) -> str:
-    return str(_client(address, token).get_job_status(job_id))
+def status(job_id: str, address: str | None, token: str | None = None) -> str:
+    """The job's status: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
+    with _jobs_api(address, token) as client:
+        return str(client.get_job_status(job_id))
 
 
-def logs(job_id: str, address: str, token: str | None = None) -> str:
-    return _client(address, token).get_job_logs(job_id)
+def logs(job_id: str, address: str | None, token: str | None = None) -> str:
+    """Everything the job's driver printed so far (the ``vmb run`` summary at the end)."""
+    with _jobs_api(address, token) as client:
+        return client.get_job_logs(job_id)
 
 
-def stop(job_id: str, address: str, token: str | None = None) -> bool:
-    return bool(_client(address, token).stop_job(job_id))
+def stop(job_id: str, address: str | None, token: str | None = None) -> bool:
+    """Ask the cluster to stop the job; False if it had already finished."""
+    with _jobs_api(address, token) as client:
+        return bool(client.stop_job(job_id))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import re
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -15,6 +18,8 @@ _QUERY_SECRET = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "***"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -46,3 +51,19 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     return value
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay_s: float = 0.5) -> T:
+    """Call ``fn``, retrying transient I/O errors (``OSError``: connection resets, 5xx from object
+    stores, timeouts) with exponential backoff and jitter; the last error propagates."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (OSError, TimeoutError) as err:
+            if attempt == attempts or isinstance(err, (FileNotFoundError, PermissionError,
+                                                       IsADirectoryError, NotADirectoryError)):
+                raise
+            delay = base_delay_s * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.warning("%s failed (%s); retry %d/%d in %.1f s", what, err, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -65,49 +65,91 @@ def frame_packet_sizes(src) -> np.ndarray:
     return np.array([size for _, size in sorted(packets)], dtype=np.int64)
 
 
+def decode_segment(segment_json: str, probe_json: str, sampling: dict, decode: dict,
+                   storage_options: dict, want_packet_sizes: bool) -> Iterator[dict[str, Any]]:
+    """Decode one segment into clip rows; a failure ends the stream with one ``ok = False`` row.
+
+    Runs inside the decode actor's child process (see ``pipeline.decode_process``).
+    """
+    from pipeline.decode_process import maybe_inject_hang
+
+    seg = SegmentTask.from_row(json.loads(segment_json))
+    probe = VideoProbe(**json.loads(probe_json))
+    sampling_spec = SamplingSpec.model_validate(sampling)
+    decode_spec = DecodeSpec.model_validate(decode)
+    size = tuple(sampling_spec.size)
+    t0 = time.perf_counter()
+    emitted = 0
+    try:
+        maybe_inject_hang(seg.video.video_uri)
+        src = read_source(seg.video, storage_options)
+        sizes = frame_packet_sizes(src) if want_packet_sizes else None
+        reader = open_reader(decode_spec.backend, src, probe, size, "crop", decode_spec.threads)
+        for clip, frames in iter_clips(reader, list(seg.clips), size):
+            now = time.perf_counter()
+            idx = np.asarray(clip.frame_indices, np.int64)
+            fb = (sizes[np.minimum(idx, len(sizes) - 1)] if sizes is not None and len(sizes)
+                  else np.zeros(len(idx), np.int64))
+            yield {"ok": True, "clip_index": clip.clip_index,
+                   "start_frame": clip.start_frame, "end_frame": clip.end_frame,
+                   "start_s": clip.start_s, "end_s": clip.end_s,
+                   "frame_indices": idx, "frame_bytes": fb, "decode_s": now - t0, "frames": frames,
+                   "status": "ok", "error_type": "", "error_message": "", "emitted_before_error": 0}
+            emitted += 1
+            t0 = time.perf_counter()
+    except (errors.VideoError, OSError, ValueError, RuntimeError, MemoryError) as err:
+        log.warning("segment %s failed: %s", seg, err)
+        yield {**error_fields(err), "ok": False, "decode_s": time.perf_counter() - t0,
+               "emitted_before_error": emitted}
+
+
 class DecodeWorker:
-    """Ray actor: decodes segments into clips. One reader per segment; the process is reused."""
+    """Ray actor: decodes segments into clips through a killable child process.
+
+    One reader per segment; the actor and its child process are reused across segments. A
+    segment that exceeds ``decode.timeout_s`` becomes a ``timeout`` row; the child is replaced.
+    """
 
     def __init__(self, sampling: dict, decode: dict, storage_options: dict, want_packet_sizes: bool):
+        from pipeline.decode_process import IsolatedDecoder
+
         self.sampling = SamplingSpec.model_validate(sampling)
         self.decode = DecodeSpec.model_validate(decode)
-        self.storage_options = storage_options
-        self.want_packet_sizes = want_packet_sizes
+        self.args = (sampling, decode, storage_options, want_packet_sizes)
+        self.isolated = IsolatedDecoder(decode_segment) if self.decode.isolation == "process" else None
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        seg = SegmentTask.from_row(json.loads(row["segment"]))
-        probe = VideoProbe(**json.loads(row["probe"]))
-        base = {"video_id": seg.video.video_id, "video_uri": seg.video.video_uri,
-                "segment_index": seg.segment_index, "clips_in_segment": len(seg.clips),
-                "fps": probe.fps}
-        size = tuple(self.sampling.size)
-        t0 = time.perf_counter()
+        seg = json.loads(row["segment"])
+        video = seg["video"]
+        base = {"video_id": video["video_id"], "video_uri": video["video_uri"],
+                "segment_index": seg["segment_index"], "clips_in_segment": len(seg["clips"]),
+                "fps": json.loads(row["probe"])["fps"]}
+        args = (row["segment"], row["probe"], *self.args)
         emitted = 0
+        t0 = time.perf_counter()
         try:
-            src = read_source(seg.video, self.storage_options)
-            sizes = frame_packet_sizes(src) if self.want_packet_sizes else None
-            reader = open_reader(self.decode.backend, src, probe, size, "crop", self.decode.threads)
-            for clip, frames in iter_clips(reader, list(seg.clips), size):
-                now = time.perf_counter()
-                fb = (np.array([sizes[min(i, len(sizes) - 1)] for i in clip.frame_indices])
-                      if sizes is not None and len(sizes) else np.zeros(len(clip.frame_indices), np.int64))
-                yield {**base, "ok": True, "clip_index": clip.clip_index,
-                       "start_frame": clip.start_frame, "end_frame": clip.end_frame,
-                       "start_s": clip.start_s, "end_s": clip.end_s,
-                       "frame_indices": np.asarray(clip.frame_indices, np.int64), "frame_bytes": fb,
-                       "decode_s": now - t0, "frames": frames,
-                       "status": "ok", "error_type": "", "error_message": ""}
+            rows = (self.isolated.run(args, self.decode.timeout_s) if self.isolated
+                    else decode_segment(*args))
+            for out in rows:
+                if not out["ok"]:
+                    yield self._error_row(base, out)
+                    return
                 emitted += 1
-                t0 = time.perf_counter()
-        except (errors.VideoError, OSError, ValueError, RuntimeError) as err:
-            log.warning("segment %s failed: %s", seg, err)
-            yield {**base, "ok": False, "clip_index": -1, "start_frame": 0, "end_frame": 0,
-                   "start_s": 0.0, "end_s": 0.0,
-                   "frame_indices": np.zeros(self.sampling.clip_len, np.int64),
-                   "frame_bytes": np.zeros(self.sampling.clip_len, np.int64),
-                   "decode_s": time.perf_counter() - t0,
-                   "frames": np.zeros((self.sampling.clip_len, *size, 3), np.uint8),
-                   "emitted_before_error": emitted, **error_fields(err)}
+                yield {**base, **out}
+        except errors.VideoError as err:  # timeout or crash of the child process
+            log.warning("segment %s of %s: %s", seg["segment_index"], video["video_uri"], err)
+            yield self._error_row(base, {**error_fields(err), "decode_s": time.perf_counter() - t0,
+                                         "emitted_before_error": emitted})
+
+    def _error_row(self, base: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]:
+        clip_len, size = self.sampling.clip_len, tuple(self.sampling.size)
+        return {**base, "ok": False, "clip_index": -1, "start_frame": 0, "end_frame": 0,
+                "start_s": 0.0, "end_s": 0.0, "frame_indices": np.zeros(clip_len, np.int64),
+                "frame_bytes": np.zeros(clip_len, np.int64),
+                "frames": np.zeros((clip_len, *size, 3), np.uint8),
+                "status": err["status"], "error_type": err["error_type"],
+                "error_message": err["error_message"], "decode_s": err["decode_s"],
+                "emitted_before_error": err["emitted_before_error"]}
 
 
 class ModelWorker:

@@ -84,7 +84,8 @@ def synth_frames(
         from pipeline.sample import SAMPLES, ken_burns, load_photo
 
         cat = SAMPLES[0]
-        return ken_burns(load_photo(cat), num_frames, size, center=cat.center, zoom=cat.zoom, seed=seed)
+        return ken_burns(load_photo(cat), num_frames, size, center=cat.center, zoom=cat.zoom,
+                         pan=cat.pan, seed=seed)
     if pattern == "index":
         if num_frames > 2 ** (_INDEX_GRID * _INDEX_GRID):
             raise ValueError(f"the index pattern encodes at most 65536 frames, got {num_frames}")

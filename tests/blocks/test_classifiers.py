@@ -1,4 +1,4 @@
-"""Video classifiers over the frame encoder: zero-shot behaviour, temporal pooling, fusion, inflation."""
+"""Video classifiers over the frame encoder: labels, temporal pooling, fusion, inflation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from skimage import data as photos
 
 import blocks
 from blocks.classifiers import InflatedConfig, InflatedConv3d, RecurrentConfig, TwoStreamConfig
-from blocks.efficientnet_lite import Preprocess, SamePadConv2d, imagenet_labels, preprocess, to_unit_range
+from blocks.efficientnet_lite import (
+    Preprocess,
+    SamePadConv2d,
+    imagenet_labels,
+    preprocess,
+    to_unit_range,
+)
 from blocks.registry import block_info
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -97,7 +103,8 @@ def test_convpool_max_pools_feature_maps_over_time():
 
 def _manual_step_logits(model, clips: torch.Tensor) -> torch.Tensor:
     b, t = clips.shape[:2]
-    feats = torch.stack([model.encoder.forward_features(clips[:, i]) for i in range(t)], 1)  # (B, T, D)
+    feats = torch.stack([model.encoder.forward_features(clips[:, i]) for i in range(t)], 1)
+    # feats: (B, T, D)
     hidden, _ = model.lstm(feats)  # (B, T, H)
     return model.fc(hidden)  # (B, T, C)
 
@@ -128,7 +135,8 @@ def test_convpool_lstm_weights_steps(aggregate, weights):
 
 def test_convpool_lstm_defaults_follow_the_paper():
     model = blocks.create_block("convpool-lstm", pretrained=False)
-    assert (model.lstm.num_layers, model.lstm.hidden_size, model.config.aggregate) == (5, 512, "linear")
+    lstm = model.lstm
+    assert (lstm.num_layers, lstm.hidden_size, model.config.aggregate) == (5, 512, "linear")
     assert model.fc.out_features == 1000
 
 
@@ -257,8 +265,9 @@ def test_bad_configs_are_rejected(make):
         make()
 
 
-@pytest.mark.parametrize("name", ["frame-average", "lrcn", "convpool", "convpool-lstm", "two-stream",
-                                  "i3d-inflated"])
+@pytest.mark.parametrize(
+    "name", ["frame-average", "lrcn", "convpool", "convpool-lstm", "two-stream", "i3d-inflated"]
+)
 def test_wrong_clip_layout_names_the_expected_shape(name):
     model = _tiny(name)
     with pytest.raises(ValueError, match=r"\(B, T>=\d, 3, H, W\)"):

@@ -61,7 +61,7 @@ def test_subset_enumeration_per_scale(k):
 
 
 def _identity_fusion(model: CRN, take: str) -> None:
-    """Make every fusion layer copy the objects' mean g (take='g') or the condition (take='cond')."""
+    """Make every fusion layer copy the objects' mean (take='g') or the condition (take='cond')."""
     d = model.config.module_dim
     with torch.no_grad():
         for layer in model.k_objects_fusion:

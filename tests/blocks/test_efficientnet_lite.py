@@ -47,7 +47,8 @@ def probs(model):
     """{normalisation: {photo: (1000,) probabilities}}, one batched forward per normalisation."""
     out = {}
     for name, spec in (("tf", PREPROCESS), ("torchvision", TORCHVISION_LIKE)):
-        batch = torch.cat([preprocess(load()[None], spec) for load in PHOTOS.values()])  # (3, 3, 224, 224)
+        batch = torch.cat([preprocess(load()[None], spec) for load in PHOTOS.values()])
+        # batch: (3, 3, 224, 224)
         with torch.no_grad():
             p = model(batch).softmax(-1)
         out[name] = dict(zip(PHOTOS, p))
@@ -65,12 +66,14 @@ def _top(p: torch.Tensor, k: int = 3) -> list[tuple[str, float]]:
 def test_architecture_matches_the_bundled_checkpoint_exactly(checkpoint):
     own = blocks.create_block("efficientnet-lite0", pretrained=False).state_dict()
     assert sorted(own) == sorted(checkpoint)
-    assert {k: tuple(v.shape) for k, v in own.items()} == {k: tuple(v.shape) for k, v in checkpoint.items()}
+    shapes = {k: tuple(v.shape) for k, v in own.items()}
+    assert shapes == {k: tuple(v.shape) for k, v in checkpoint.items()}
 
 
 def test_pretrained_builder_holds_the_file_tensors(model, checkpoint):
     state = model.state_dict()
-    for key in ("_conv_stem.weight", "_blocks.7._depthwise_conv.weight", "_bn1.running_var", "_fc.bias"):
+    keys = ("_conv_stem.weight", "_blocks.7._depthwise_conv.weight", "_bn1.running_var", "_fc.bias")
+    for key in keys:
         torch.testing.assert_close(state[key], checkpoint[key], rtol=0, atol=0)
 
 
@@ -91,7 +94,8 @@ def test_corrupted_state_dict_raises(checkpoint, corruption):
 def test_new_label_space_and_input_channels_keep_the_backbone(checkpoint):
     model = blocks.create_block("efficientnet-lite0", num_classes=7, in_channels=4)
     assert model._fc.out_features == 7 and model.labels is None
-    torch.testing.assert_close(model._blocks[5]._project_conv.weight, checkpoint["_blocks.5._project_conv.weight"])
+    torch.testing.assert_close(model._blocks[5]._project_conv.weight,
+                               checkpoint["_blocks.5._project_conv.weight"])
     # Cross-modality stem: the RGB filters averaged over colour, replicated over the 4 inputs.
     expected = checkpoint["_conv_stem.weight"].mean(1, keepdim=True).expand(-1, 4, -1, -1)
     torch.testing.assert_close(model._conv_stem.weight, expected)
@@ -144,7 +148,8 @@ def test_channels_last_gives_the_same_logits(model):
     x = torch.randn(2, 3, 96, 80)
     with torch.no_grad():
         plain = model(x)
-        cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        cl_model = model.to(memory_format=torch.channels_last)
+        cl = cl_model(x.contiguous(memory_format=torch.channels_last))
     model.to(memory_format=torch.contiguous_format)
     torch.testing.assert_close(cl, plain, rtol=1e-4, atol=1e-4)
 
@@ -191,8 +196,11 @@ def test_preprocess_centre_crops_the_long_side():
     assert columns[112 - 8:112 + 8].min() > 0.99 and columns[:50].max() < 0.01
 
 
-@pytest.mark.parametrize("bad", [np.zeros((64, 64, 3), np.uint8), np.zeros((1, 3, 64, 64), np.uint8),
-                                 np.zeros((1, 64, 64, 3), np.float32)])
+@pytest.mark.parametrize("bad", [
+    np.zeros((64, 64, 3), np.uint8),  # no batch axis
+    np.zeros((1, 3, 64, 64), np.uint8),  # channels first
+    np.zeros((1, 64, 64, 3), np.float32),  # not uint8
+])
 def test_preprocess_rejects_wrong_input(bad):
     with pytest.raises(ValueError, match="expected"):
         preprocess(bad)
