@@ -74,10 +74,15 @@ def cmd_demo(args) -> int:
 def cmd_query(args) -> int:
     from pipeline.query import query, write_result
 
+    if args.format == "parquet" and not args.dest:
+        print("vmb query: error: --format parquet needs --dest FILE", file=sys.stderr)
+        return 2
     table = query(args.output, args.sql, _storage_options(args))
     text = write_result(table, args.format, args.dest)
-    if text:
-        print(text)
+    if args.dest:
+        print(f"{table.num_rows} row{'s' if table.num_rows != 1 else ''} written to {args.dest}")
+    elif text:
+        print(text, end="")
     return 0
 
 
@@ -85,9 +90,15 @@ def cmd_similar(args) -> int:
     from pipeline.query import write_result
     from pipeline.similar import similar
 
-    table = similar(args.output, args.video, args.clip, k=args.k, model=args.model,
-                    storage_options=_storage_options(args))
-    print(write_result(table, args.format))
+    from pipeline.similar import SimilarityError
+
+    try:
+        table = similar(args.output, args.video, args.clip, k=args.k, model=args.model,
+                        storage_options=_storage_options(args))
+    except SimilarityError as err:  # not in errors_cli.USER_ERRORS, which names SimilarError
+        print(f"vmb similar: error: {err}", file=sys.stderr)
+        return 2
+    print(write_result(table, args.format), end="")
     return 0
 
 
@@ -125,14 +136,25 @@ def cmd_logs(args) -> int:
 def cmd_stop(args) -> int:
     from pipeline.submit import stop
 
-    print("stopped" if stop(args.job_id, args.address, args.token) else "not running")
+    print("stop requested" if stop(args.job_id, args.address, args.token) else "not running")
     return 0
 
 
 def _storage_options(args) -> dict:
+    return getattr(args, "storage_options", None) or {}
+
+
+def _json_object(text: str) -> dict:
+    """argparse type for ``--storage-options``: a JSON object, else a usage error (exit 2)."""
     import json
 
-    return json.loads(args.storage_options) if getattr(args, "storage_options", None) else {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"anon\": true}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,24 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs API)")
     s.add_argument("spec")
-    s.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"), required=False)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--working-dir", default=None)
-    s.add_argument("--token", default=None, help="Ray auth token (else RAY_AUTH_TOKEN / token file)")
+    s.add_argument("--working-dir", default=None, help="uploaded to the cluster (default: cwd)")
     s.set_defaults(fn=cmd_submit)
-    for name, fn in (("status", cmd_status), ("logs", cmd_logs), ("stop", cmd_stop)):
-        c = sub.add_parser(name, help=f"{name} of a submitted job")
+    for name, fn, text in (("status", cmd_status, "status of a submitted job"),
+                           ("logs", cmd_logs, "what a submitted job printed so far"),
+                           ("stop", cmd_stop, "stop a submitted job")):
+        c = sub.add_parser(name, help=text)
         c.add_argument("job_id")
-        c.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"))
-        c.add_argument("--token", default=None)
         c.set_defaults(fn=fn)
+    for c in (s, *(sub.choices[n] for n in ("status", "logs", "stop"))):
+        c.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+                       help="Ray dashboard URL, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+        c.add_argument("--token", default=None,
+                       help="Ray auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+                            "~/.ray/auth_token)")
 
     q = sub.add_parser("query", help="SQL over a job's tables (views: clips, videos)")
     q.add_argument("sql")
     q.add_argument("--output", required=True)
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     q.add_argument("--dest", default=None, help="file for --format parquet/csv/json")
-    q.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+    q.add_argument("--storage-options", type=_json_object, default=None,
+                   help="fsspec options for --output/--dest as a JSON object")
     q.set_defaults(fn=cmd_query)
 
     m = sub.add_parser("similar", help="nearest clips by cosine similarity of features")
@@ -181,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-k", type=int, default=10)
     m.add_argument("--model", default=None)
     m.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    m.add_argument("--storage-options", default=None)
+    m.add_argument("--storage-options", type=_json_object, default=None,
+                   help="fsspec options for --output as a JSON object")
     m.set_defaults(fn=cmd_similar)
 
     b = sub.add_parser("blocks", help="list registered blocks with parameter counts")

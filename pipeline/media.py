@@ -152,7 +152,9 @@ def encode_clip(
     return len(data)
 
 
-def write_bytes_atomic(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+def write_bytes_atomic(
+    uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Write ``data`` to ``uri`` so that readers see either the old file or the whole new one.
 
     Raises:
@@ -166,7 +168,9 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: Mapping[str, Any]
         # Object stores publish an object only when its single PUT completes.
         fs.pipe_file(path, data)
         return
-    tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp" if parent else f".{uuid.uuid4().hex}.tmp"
+    # A hidden sibling: same folder, so the rename cannot cross filesystems.
+    tmp_name = f".{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    tmp = f"{parent}/{tmp_name}" if parent else tmp_name
     try:
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
@@ -181,7 +185,8 @@ def clip_media_uri(output_uri: str, model: str, video_id: str, clip_index: int) 
 
     Layout: ``{output_uri}/media/{model}/{video_id}/{clip_index:06d}.mp4``. The model name is
     made path-safe (runs of characters other than letters, digits, ``.``, ``_``, ``-`` become
-    ``_``; no leading dots), so ``"rife/ifnet@v4"`` becomes ``"rife_ifnet_v4"``.
+    ``_``; all-dot pieces and leading dots are dropped), so ``"rife/ifnet@v4"`` becomes
+    ``"rife_ifnet_v4"`` and ``"../x"`` becomes ``"x"``.
 
     Raises:
         ValueError: empty model or video id, a video id that is not a single path segment, or a
@@ -189,9 +194,11 @@ def clip_media_uri(output_uri: str, model: str, video_id: str, clip_index: int) 
     """
     if not video_id or "/" in video_id or "\\" in video_id or video_id in (".", ".."):
         raise ValueError(f"video_id must be one non-empty path segment, got {video_id!r}")
-    if isinstance(clip_index, bool) or not isinstance(clip_index, (int, np.integer)) or clip_index < 0:
+    is_int = isinstance(clip_index, (int, np.integer)) and not isinstance(clip_index, bool)
+    if not is_int or clip_index < 0:
         raise ValueError(f"clip_index must be a non-negative integer, got {clip_index!r}")
-    return join(output_uri, "media", safe_path_segment(model), video_id, f"{int(clip_index):06d}.mp4")
+    model_dir = safe_path_segment(model)
+    return join(output_uri, "media", model_dir, video_id, f"{int(clip_index):06d}.mp4")
 
 
 def safe_path_segment(name: str) -> str:
@@ -200,7 +207,9 @@ def safe_path_segment(name: str) -> str:
     Raises:
         ValueError: nothing usable is left of ``name``.
     """
-    safe = _SAFE_NAME.sub("_", name.strip()).lstrip(".").strip("_")
+    # Drop pieces made only of dots, so "../x" cannot climb out of the media folder.
+    parts = [p for p in _SAFE_NAME.split(name) if p.strip(".")]
+    safe = "_".join(parts).lstrip(".")
     if not safe:
         raise ValueError(f"cannot make a path segment of {name!r}")
     return safe
@@ -219,7 +228,7 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     if not isinstance(frames, np.ndarray):
         raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
-        raise ValueError(f"frames must have shape (T, H, W, 3) with T, H, W >= 1, got {frames.shape}")
+        raise ValueError(f"frames must have shape (T, H, W, 3), T, H, W >= 1, got {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
     return np.ascontiguousarray(frames)

@@ -131,16 +131,18 @@ def _check_iso_boxes(src: Source, size: int) -> None:
                 box_size = struct.unpack(">Q", header[8:16])[0]
             elif box_size == 0:  # "extends to the end of the file"
                 box_size = size - pos
-            if box_size < 8:
-                raise errors.CorruptVideoError(f"invalid MP4 box {kind!r} of {box_size} bytes at byte {pos}")
-            seen.append(kind.decode("latin-1"))
+            if box_size < 8:  # not a box: leave the verdict to FFmpeg
+                return
+            name = kind.decode("latin-1")
             if pos + box_size > size:
-                raise errors.TruncatedError(
-                    f"file cut: MP4 box {kind.decode('latin-1')!r} at byte {pos} needs "
-                    f"{box_size} bytes, the file ends at {size} (boxes: {', '.join(seen)})")
+                # Junk after a complete index and media is tolerated; a cut media or index is not.
+                if kind in (b"mdat", b"moov", b"moof") or "moov" not in seen:
+                    raise errors.TruncatedError(
+                        f"file cut: MP4 box {name!r} at byte {pos} needs {box_size} bytes, the "
+                        f"file ends at {size} (complete boxes before it: {', '.join(seen) or 'none'})")
+                return
+            seen.append(name)
             pos += box_size
-        if pos != size:
-            raise errors.TruncatedError(f"file cut inside an MP4 box header at byte {pos} of {size}")
     finally:
         if f is not src:
             f.close()

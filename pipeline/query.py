@@ -166,7 +166,7 @@ def query(output: str, sql: str, storage_options: Mapping[str, Any] | None = Non
             raise QueryRefusedError("statement returned no result; queries are read-only")
         return relation.to_arrow_table()
     except duckdb.Error as exc:
-        raise QueryError(_with_hint(str(exc))) from exc
+        raise QueryError(with_read_hint(str(exc))) from exc
     finally:
         con.close()
 
@@ -213,7 +213,8 @@ def write_result(table: pa.Table, fmt: OutputFormat = "table", dest: str | None 
 _FIXED_SIZE_NULLS = "Expected all lists to be of size"
 
 
-def _with_hint(message: str) -> str:
+def with_read_hint(message: str) -> str:
+    """``message`` plus what to do when it is a known unreadable-Parquet error."""
     if _FIXED_SIZE_NULLS in message:
         return (f"{message}\n(a Parquet file holds null entries in a fixed-size list column, which "
                 "pyarrow cannot read back, apache/arrow#35692: write such tables with "

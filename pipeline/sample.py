@@ -10,8 +10,10 @@ arguments.
 Each photo's subject is a class an ImageNet classifier names reliably (EfficientNet-Lite0 puts
 one of ``SamplePhoto.imagenet_labels`` first on these crops), so the demo and the tests can check
 that a classify job sees what is in the videos: see ``expected_subjects`` and ``subject_matches``.
-``astronaut`` is the exception: ImageNet has no person or astronaut class, so it has no
-acceptable labels and serves as an "unknown" example.
+The photos: ``chelsea`` (cat), ``coffee`` (espresso cup), ``rocket`` (launch pad),
+``motorcycle_left`` (from the stereo pair), ``camera`` (the greyscale "cameraman": a tripod) and
+``astronaut``, the exception: ImageNet has no person or astronaut class, so it has no acceptable
+labels and serves as an "unknown" example.
 
 Re-running is cheap: a sidecar ``.sample.json`` records the recipe and the SHA-256 of every file
 written; files whose content still matches are left untouched (mtimes unchanged).
@@ -25,7 +27,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -143,23 +145,29 @@ def make_sample_archive(
     for index, photo in enumerate(SAMPLES):
         file_name = f"{photo.name}.mp4"
         uri = join(dest_dir, file_name)
-        recipe = {"version": RECIPE_VERSION, "photo": photo.filename, "frames": num_frames,
-                  "fps": fps, "size": [width, height], "seed": seed, "index": index,
-                  "crf": SAMPLE_CRF}
+        # Normalised through JSON (tuples -> lists) to compare equal with the stored copy.
+        recipe = json.loads(json.dumps({
+            "version": RECIPE_VERSION, "photo": asdict(photo), "frames": num_frames, "fps": fps,
+            "size": [width, height], "seed": seed, "index": index, "crf": SAMPLE_CRF}))
         known = state.get(file_name, {})
-        if known.get("recipe") == recipe and _sha256_of(fs, join(root, file_name)) == known.get("sha256"):
+        unchanged = known.get("recipe") == recipe and (
+            _sha256_of(fs, join(root, file_name)) == known.get("sha256"))
+        if unchanged:
             hashes[file_name] = known
         else:
             frames = ken_burns(load_photo(photo), num_frames, (width, height),
-                               center=photo.center, zoom=photo.zoom, pan=photo.pan, seed=seed * 1009 + index)
+                               center=photo.center, zoom=photo.zoom, pan=photo.pan,
+                               seed=seed * 1009 + index)
             data = encode_mp4_bytes(frames, fps, crf=SAMPLE_CRF)
             write_bytes_atomic(uri, data, storage_options)
             hashes[file_name] = {"recipe": recipe, "sha256": hashlib.sha256(data).hexdigest()}
-            logger.info("wrote sample video %s (%d frames, %d bytes)", file_name, num_frames, len(data))
+            logger.info("wrote sample video %s (%d frames, %d bytes)",
+                        file_name, num_frames, len(data))
         uris.append(uri)
 
     manifest = _manifest_bytes(uris, [p.subject for p in SAMPLES])
-    _write_if_changed(fs, join(root, MANIFEST_NAME), join(dest_dir, MANIFEST_NAME), manifest, storage_options)
+    _write_if_changed(fs, join(root, MANIFEST_NAME), join(dest_dir, MANIFEST_NAME), manifest,
+                      storage_options)
     state_bytes = json.dumps(hashes, indent=1, sort_keys=True).encode()
     _write_if_changed(fs, join(root, STATE_NAME), state_uri, state_bytes, storage_options)
     return uris
@@ -261,8 +269,9 @@ def ken_burns(
     # Shift the wide framing to one side (and a little up or down), so the clip pans as well as
     # zooms.
     side = rng.choice([-1.0, 1.0])
-    wide_xy = clamp_origin(cx + side * pan * (img_w - wide_w) / 2,
-                           cy + rng.uniform(-0.5, 0.5) * pan * (img_h - wide_w / aspect) / 2, wide_w)
+    room_x, room_y = (img_w - wide_w) / 2, (img_h - wide_w / aspect) / 2
+    wide_xy = clamp_origin(cx + side * pan * room_x,
+                           cy + rng.uniform(-0.5, 0.5) * pan * room_y, wide_w)
     (start_w, start_xy), (end_w, end_xy) = ((tight_w, tight_xy), (wide_w, wide_xy))
     if rng.random() < 0.5:
         (start_w, start_xy), (end_w, end_xy) = (end_w, end_xy), (start_w, start_xy)

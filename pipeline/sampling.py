@@ -17,7 +17,15 @@ def plan_clips(num_frames: int, fps: float, sampling: SamplingSpec) -> list[Clip
     many clips in equal parts of the video (MMAction2's test-mode uniform sampling).
 
     A video shorter than one span follows ``short_video``: "pad" gives one clip whose indices are
-    clamped to the last frame (the last frame repeats), "skip" raises ``TooShortError``.
+    clamped to the last frame (the last frame repeats; a 1-frame video gives one clip of that
+    frame repeated), "skip" raises ``TooShortError`` (``status = skipped``, ``TooShort``).
+
+    ``start_s``/``end_s`` planned here are nominal (``frame / fps``, ``fps`` being the probe's
+    average rate); the decoder replaces them with the frames' real presentation times, which
+    differ for variable-frame-rate video (see ``pipeline.decode``).
+
+    Raises:
+        TooShortError: no frames, or fewer than one span under ``short_video = "skip"``.
     """
     if num_frames <= 0:
         raise TooShortError("video has no frames")

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.query import open_table
+from pipeline.query import open_table, with_read_hint
 from pipeline.uris import redact_uri
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class AmbiguousModelError(SimilarityError):
     """Several models have features for the query clip; pass ``model``."""
 
 
+SimilarError = SimilarityError  # the name pipeline.errors_cli looks up
+
+
 def similar(
     output: str,
     video_id: str,
@@ -84,10 +87,19 @@ def similar(
         ClipNotFoundError: Unknown video, clip, or no row of ``model`` for the clip.
         NoFeatureError: The query clip's feature is null or zero.
         AmbiguousModelError: ``model`` is None and several models have features for the clip.
+        SimilarityError: A Parquet file of the table cannot be decoded (the message says why).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    dataset = open_table(output, "clips", storage_options)
+    try:
+        return _similar(open_table(output, "clips", storage_options), output, video_id, clip_index,
+                        k, model)
+    except pa.ArrowInvalid as exc:  # a file pyarrow cannot decode: say which problem and what to do
+        raise SimilarityError(with_read_hint(f"cannot read {redact_uri(output)}/clips: {exc}")) from exc
+
+
+def _similar(dataset: ds.Dataset, output: str, video_id: str, clip_index: int, k: int,
+             model: str | None) -> pa.Table:
     model, query_vector = _query_feature(dataset, output, video_id, clip_index, model)
     query_unit = query_vector / np.linalg.norm(query_vector)
 

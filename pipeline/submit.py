@@ -7,10 +7,11 @@ cluster, so they must be URIs or paths the cluster's nodes can reach.
 
 Token authentication (Ray >= 2.52; a head started with ``RAY_AUTH_MODE=token``, or, since Ray
 2.59, any ``ray start --head`` that finds a token) expects ``Authorization: Bearer <token>`` on
-every Jobs API request. The token sent is, in order: the ``token`` argument (``vmb ... --token``),
-then what Ray's own token loader finds: ``RAY_AUTH_TOKEN``, the file named by
-``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token`` (written by ``ray get-auth-token --generate``).
-Unlike Ray's client, the token is sent whatever ``RAY_AUTH_MODE`` says in the client's shell.
+every Jobs API request. The token sent is the first of: the ``token`` argument (``vmb ...
+--token``), ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``
+(written by ``ray get-auth-token --generate``) -- Ray's own order. Unlike Ray's client, which
+sends a token only when ``RAY_AUTH_MODE=token`` is set in the client's shell too, it is sent
+whenever one is found.
 """
 
 from __future__ import annotations
@@ -36,27 +37,31 @@ class SubmitError(RuntimeError):
 def resolve_token(token: str | None = None) -> tuple[str | None, str]:
     """The auth token to send and where it came from (for messages; never the token itself).
 
+    Same sources and precedence as Ray's own token loader, read here rather than through it:
+    the loader is process-wide state that a Ray driver in this process may be using.
+
     Raises:
         SubmitError: ``RAY_AUTH_TOKEN_PATH`` names a file that cannot be read or is empty.
     """
     if token:
-        return token, "--token"
-    from ray._raylet import AuthenticationTokenLoader
-    from ray.exceptions import AuthenticationError
-
-    loader = AuthenticationTokenLoader.instance()
-    loader.reset_cache()  # the loader caches; the environment may have changed since
-    try:
-        if not loader.has_token(ignore_auth_mode=True):
-            return None, "none found"
-        found = loader.get_raw_token(ignore_auth_mode=True)
-    except AuthenticationError as err:
-        raise SubmitError(str(err).split(". Note:")[0]) from None
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return found, "RAY_AUTH_TOKEN"
+        return token.strip(), "--token"
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
     if os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return found, os.environ["RAY_AUTH_TOKEN_PATH"]
-    return found, "~/.ray/auth_token"
+        path = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        try:
+            found = path.read_text().strip()
+        except OSError as err:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read: {err.strerror}") from None
+        if not found:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} is empty")
+        return found, f"RAY_AUTH_TOKEN_PATH={path}"
+    default = Path.home() / ".ray" / "auth_token"
+    try:
+        found = default.read_text().strip()
+    except OSError:
+        found = ""
+    return (found, str(default)) if found else (None, "none found")
 
 
 @contextlib.contextmanager

@@ -32,9 +32,9 @@ test_videos_helpers.py checks each):
   a prober must count or estimate from the duration.
 - decord 0.6.0 returns frames of the WRONG SHAPE for a few widths (``(H, W, 4)`` or garbage
   channel counts, and ``get_batch`` then raises ``DECORDError``): widths 1, 2, 3, 4, 6, 8, 12,
-  16, 24, 48 and 72 (all widths 1-199 and even ones up to 1298 tried; FFmpeg pads rgb24 rows, decord divides the padded row by
-  the width). ``DECORD_BAD_WIDTHS`` lists them; use other widths (also as decode-time resize
-  targets, and remember that padding 47 to even gives 48).
+  16, 24, 48 and 72 (all widths 1-199 and even ones up to 1298 tried; FFmpeg pads rgb24
+  rows, decord divides the padded row by the width). ``DECORD_BAD_WIDTHS`` lists them; use
+  other widths, also as decode-time resize targets (and note that padding 47 to even gives 48).
 - VFR (``make_vfr_video``, frames alternating 1/30 s and 1/10 s): decord's ``len(vr)`` is the
   true frame count, ``vr[i]`` is the i-th frame and ``get_frame_timestamp`` gives the real,
   uneven times, in mp4, mkv and avi alike. ``get_avg_fps`` is NOT a usable rate: frames /
@@ -190,7 +190,9 @@ def make_vfr_video(
     return path
 
 
-def vfr_timestamps(num_frames: int, frame_durations: Sequence[float] = (1 / 30, 1 / 10)) -> list[float]:
+def vfr_timestamps(
+    num_frames: int, frame_durations: Sequence[float] = (1 / 30, 1 / 10)
+) -> list[float]:
     """Presentation times (seconds, rounded to ms) of ``make_vfr_video``'s frames."""
     times, t = [], 0.0
     for i in range(num_frames):
@@ -234,8 +236,8 @@ def make_zip(
     path = str(path)
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for name, content in members.items():
-            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), _member_bytes(content),
-                        compress_type=compression)
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, _member_bytes(content), compress_type=compression)
     return path
 
 
@@ -270,7 +272,7 @@ def make_manifest(
         with open(path, "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["uri"] if labels is None else ["uri", "label"])
-            writer.writerows([u] for u in uris) if labels is None else writer.writerows(zip(uris, labels))
+            writer.writerows(([u] for u in uris) if labels is None else zip(uris, labels))
     elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -99,8 +99,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts")]
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # own process group: uvicorn/gunicorn workers
+    # No server-side job runner: it forks a pool of huey consumers that costs seconds per start.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # own process group: the uvicorn worker too
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(uri, proc, root / "server.log")

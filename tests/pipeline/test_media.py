@@ -70,7 +70,8 @@ def test_odd_size_is_padded_by_edge_replication(tmp_path):
     encode_clip(frames, uri, fps=10.0)
     decoded, _ = read_all(uri)
     assert decoded.shape == (8, 32, 46, 3)
-    assert psnr(decoded[:, :31, :45], frames) > 35
+    # 4:2:0 chroma on saturated sharp edges limits PSNR on a frame this small.
+    assert psnr(decoded[:, :31, :45], frames) > 30
     # The extra row/column repeats the edge (up to compression error).
     edge = decoded.astype(np.int16)
     assert np.abs(edge[:, 31, :45] - edge[:, 30, :45]).mean() < 6
@@ -146,6 +147,7 @@ def test_clip_media_uri_layout():
         "/tmp/out/media/rife_ifnet_v4.6_fp16/v/000000.mp4"
     )
     assert safe_path_segment("../../etc") == "etc"
+    assert safe_path_segment(".hidden") == "hidden"
     for bad in [("out", "m", "a/b", 0), ("out", "m", "..", 0), ("out", "m", "", 0),
                 ("out", "m", "v", -1), ("out", "m", "v", 1.5), ("out", "///", "v", 0)]:
         with pytest.raises(ValueError):

@@ -138,7 +138,7 @@ def test_classifier_names_the_subjects(archive):
     for photo, uri in zip(SAMPLES, uris):
         if not photo.imagenet_labels:
             continue  # astronaut: ImageNet has no class for it
-        frames = decord.VideoReader(uri).get_batch([0, 50, 99]).asnumpy()
+        frames = decord.VideoReader(uri).get_batch([0, 99]).asnumpy()  # both framings
         with torch.no_grad():
             top1 = model(effnet.preprocess(frames)).argmax(dim=1).tolist()
         names = [model.labels[i] for i in top1]

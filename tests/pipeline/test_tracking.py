@@ -64,8 +64,15 @@ def _run_job(uri: str, experiment: str, tags: dict[str, str] | None = None) -> J
     return tracker
 
 
-def test_job_run_round_trip(mlflow_server, tmp_path: Path) -> None:
-    tracker = _run_job(mlflow_server.uri, "round-trip")
+@pytest.fixture(scope="module")
+def logged_run(mlflow_server) -> JobTracker:
+    """One job's run, logged through JobTracker with credentials in the spec, tags and artifacts."""
+    return _run_job(mlflow_server.uri, "round-trip",
+                    tags={"vmb.input": "s3://AKIA:secret@bucket/x", "api_token": "sig-SECRET"})
+
+
+def test_job_run_round_trip(mlflow_server, logged_run: JobTracker, tmp_path: Path) -> None:
+    tracker = logged_run
     assert tracker.failed is None and not tracker.active
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(tracker.run_id)
@@ -93,9 +100,8 @@ def test_job_run_round_trip(mlflow_server, tmp_path: Path) -> None:
     assert 'name = "efficientnet_lite0"' in (local / "spec.toml").read_text()
 
 
-def test_credentials_never_reach_mlflow(mlflow_server, tmp_path: Path) -> None:
-    tracker = _run_job(mlflow_server.uri, "redaction",
-                       tags={"vmb.input": "s3://AKIA:secret@bucket/x", "api_token": "sig-SECRET"})
+def test_credentials_never_reach_mlflow(mlflow_server, logged_run: JobTracker, tmp_path: Path) -> None:
+    tracker = logged_run
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(tracker.run_id)
     logged = json.dumps([run.data.params, run.data.tags])
