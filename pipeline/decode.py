@@ -186,28 +186,38 @@ class PyAVReader:
         wanted = set(indices)
         last = indices[-1] if indices else -1
         pos = -1
-        prev: tuple[int, float] | None = None
+        held: tuple[int, np.ndarray] | None = None  # yielded once the next frame fixes its end time
         try:
             for pos, frame in enumerate(self._container.decode(self._stream)):
-                shown = frame.time
-                if prev is not None and shown is not None and shown > prev[1]:
-                    start = self._spans.get(prev[0])
-                    if start is not None:
-                        self._spans[prev[0]] = (start[0], shown)  # ends when the next frame shows
-                if shown is not None:
-                    tb = frame.time_base or self._stream.time_base
-                    dur = float(frame.duration * tb) if frame.duration and tb else 0.0
-                    self._spans[pos] = (shown, shown + dur)
-                    prev = (pos, shown)
-                if pos in wanted:
-                    yield pos, frame.to_ndarray(format="rgb24", width=self._size[0],
-                                                height=self._size[1])
-                if pos >= last:
+                self._record_span(pos, frame)
+                if held is not None:
+                    yield held
+                    held = None
+                if pos > last:
                     return
+                if pos in wanted:
+                    held = (pos, frame.to_ndarray(format="rgb24", width=self._size[0],
+                                                  height=self._size[1]))
         except av.error.FFmpegError as err:
+            if held is not None and held[0] == last:  # every wanted frame decoded: not our problem
+                yield held
+                return
             if pos < 0:
                 raise errors.UndecodableStreamError(f"no frame decodes: {err}") from None
             raise errors.CorruptVideoError(f"decoding failed after frame {pos}: {err}") from None
+        if held is not None:
+            yield held
+
+    def _record_span(self, pos: int, frame) -> None:
+        shown = frame.time
+        if shown is None:
+            return
+        before = self._spans.get(pos - 1)
+        if before is not None and shown > before[0]:
+            self._spans[pos - 1] = (before[0], shown)  # a frame shows until the next one does
+        tb = frame.time_base or self._stream.time_base
+        duration = float(frame.duration * tb) if frame.duration and tb else 0.0
+        self._spans[pos] = (shown, shown + duration)
 
 
 def _first_line(err: Exception) -> str:

@@ -31,6 +31,13 @@ CLASSIFIERS = {"frame-average", "lrcn", "convpool", "convpool-lstm", "two-stream
                "efficientnet-lite0", "hcrn-classifier"}
 
 
+# Classifiers whose temporal head (or flow stream) has no pretrained weights: they embed without
+# weights, but their labels mean something only with a trained checkpoint.
+UNTRAINED_HEADS = {"lrcn", "convpool-lstm", "two-stream", "hcrn-classifier"}
+# Heads over per-frame features: the runner encodes frames with the pretrained encoder first.
+FRAME_FEATURE_HEADS = {"hcrn-classifier"}
+
+
 class ModelConfigError(ValueError):
     """A model entry of the spec cannot run as given (missing weights, unknown task, bad option)."""
 
@@ -75,7 +82,11 @@ def check_model_spec(spec: ModelSpec) -> None:
     if spec.name not in compatible:
         raise ModelConfigError(f"model {spec.name!r} cannot run task {task!r}; "
                                f"blocks for it: {sorted(compatible)}")
-    if info.needs_weights and not spec.weights:
+    if task == "classify" and spec.name in UNTRAINED_HEADS and not spec.weights:
+        raise ModelConfigError(
+            f"model {spec.name!r} has an untrained temporal head: give `weights` (a trained "
+            "checkpoint) for task 'classify', or use task 'embed'")
+    if info.needs_weights and not spec.weights and task != "embed":
         raise ModelConfigError(
             f"model {spec.name!r} needs weights: set `weights` to a checkpoint path/URL or an MLflow "
             f"model URI (models:/name/version). Official checkpoint: {info.official_checkpoint or 'n/a'}")
@@ -103,7 +114,10 @@ class ModelRunner:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(math.ceil(spec.num_cpus or 1))))
         weights = resolve_weights(spec.weights, tracking_uri)
-        self.model = blocks.create_block(spec.name, weights=weights, **spec.config).eval().to(self.device)
+        config = dict(spec.config)
+        if spec.name in FRAME_FEATURE_HEADS:
+            config.setdefault("vision_dim", 1280)  # efficientnet-lite0 features
+        self.model = blocks.create_block(spec.name, weights=weights, **config).eval().to(self.device)
         self.model_version = os.path.basename(weights) if weights else "builtin"
         if self.options.get("channels_last", True):
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -154,14 +168,27 @@ class ClassifyRunner(ModelRunner):
         self.std = torch.tensor(prep.std, device=self.device).view(1, 1, 3, 1, 1) / 255.0
         labels = self.options.get("labels") or getattr(self.model, "labels", None)
         self.labels = list(labels) if labels else None
+        self.frame_encoder = None
+        if spec.name in FRAME_FEATURE_HEADS:
+            self.frame_encoder = blocks.create_block("efficientnet-lite0").eval().to(self.device)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, 3, H, W) normalised → features (B, D), logits (B, K)."""
         model = self.model
+        b, t = x.shape[:2]
         if self.spec.name == "efficientnet-lite0":  # a frame model: average over time
-            b, t = x.shape[:2]
             flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (B*T, 3, H, W)
             feats = model.forward_features(flat).view(b, t, -1).mean(1)  # (B, D)
+            return feats, model.head(feats)
+        if self.frame_encoder is not None:  # HCRN: clip = num_clips x frames_per_clip frames
+            flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (B*T, 3, H, W)
+            cfg = model.config
+            if t != cfg.num_clips * cfg.frames_per_clip:
+                raise ValueError(f"hcrn-classifier expects clips of num_clips * frames_per_clip = "
+                                 f"{cfg.num_clips * cfg.frames_per_clip} frames, got {t}")
+            frame_feats = self.frame_encoder.forward_features(flat)
+            frame_feats = frame_feats.view(b, cfg.num_clips, cfg.frames_per_clip, -1)  # (B, C, F, D)
+            feats = model.forward_features(frame_feats)
             return feats, model.head(feats)
         feats = model.forward_features(x)
         return feats, model.head(feats)

@@ -1,7 +1,7 @@
 """Probing a video's container header (PyAV): duration, fps, frame count, size, codec.
 
-The probe reads headers (and, when the header has no frame count, demuxes packets) but never
-decodes. It is the gate before decoding: what it rejects gets a specific ``error_type``:
+The probe reads headers (and, when the header has no frame count, as in mkv, counts the video
+stream's packets by demuxing) but never decodes. It is the gate before decoding: what it rejects gets a specific ``error_type``:
 
 - zero bytes -> ``EmptyFile``; bytes no demuxer recognises (random data, text) ->
   ``UnrecognizedFormat``; a recognised container signature that FFmpeg cannot parse ->
@@ -79,9 +79,9 @@ def _probe_container(container) -> VideoProbe:
     else:
         duration = (container.duration or 0) / 1e6
     num_frames = int(stream.frames or 0)
-    if num_frames <= 0 and fps > 0:
-        num_frames = int(round(duration * fps))
-    if num_frames <= 0:  # no count and no usable duration: count packets (demux, no decode)
+    if num_frames <= 0:
+        # No count in the header (mkv, webm, ts): count packets -- a demux, no decoding. Duration
+        # x rate would be wrong for VFR, where mkv's rate is nominal (24 for a 10-30 fps video).
         num_frames = sum(1 for p in container.demux(stream) if p.size)
     if num_frames <= 0:
         raise errors.CorruptVideoError("the video stream holds no frames")

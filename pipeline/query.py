@@ -1,8 +1,9 @@
 """Read-only SQL over a job's output tables with DuckDB.
 
 ``query(output, sql)`` opens an in-memory DuckDB connection with two views, ``clips`` and
-``videos``, over the job's Parquet files (``{output}/clips/*.parquet``, ``{output}/videos/*.parquet``;
-names starting with ``_`` or ``.`` are in-flight or hidden and skipped). The files are read
+``videos``, over the job's Parquet files (``{output}/clips/*.parquet`` and
+``{output}/videos/*.parquet``; names starting with ``_`` or ``.`` are in-flight or hidden and
+skipped). The files are read
 through fsspec + pyarrow datasets, so any URI the job could write (local, ``s3://`` with
 ``storage_options``, ...) can be queried without DuckDB extensions. A table with no files yet is
 an empty view with the schema of :mod:`pipeline.tables`.
@@ -69,7 +70,9 @@ def table_schema(name: str) -> pa.Schema:
     raise ValueError(f"unknown table {name!r}; known: {', '.join(TABLE_NAMES)}")
 
 
-def open_table(output: str, name: str, storage_options: Mapping[str, Any] | None = None) -> ds.Dataset:
+def open_table(
+    output: str, name: str, storage_options: Mapping[str, Any] | None = None
+) -> ds.Dataset:
     """A pyarrow dataset over output table ``name`` (``clips`` or ``videos``) of a job.
 
     Lists ``{output}/{name}/`` recursively, keeps ``*.parquet`` files whose path below the table
@@ -86,7 +89,8 @@ def open_table(output: str, name: str, storage_options: Mapping[str, Any] | None
     schema = table_schema(name)
     fs, root = filesystem(join(output, name), storage_options)
     root = root.rstrip("/")
-    fs.invalidate_cache(root)  # listings are cached per filesystem instance; a job may still be writing
+    # Listings are cached per filesystem instance, and a job may still be writing.
+    fs.invalidate_cache(root)
     try:
         found = fs.find(root)
     except FileNotFoundError:
@@ -110,7 +114,8 @@ def check_read_only(sql: str) -> None:
         raise QueryError(str(exc)) from exc
     if len(statements) != 1:
         raise QueryRefusedError(
-            f"expected exactly one SQL statement, got {len(statements)}; queries are read-only")
+            f"expected exactly one SQL statement, got {len(statements)}; queries are read-only"
+        )
     statement = statements[0]
     if statement.type == duckdb.StatementType.EXPLAIN:
         inner = _explained_statement(statement.query)
@@ -120,10 +125,13 @@ def check_read_only(sql: str) -> None:
     if statement.type not in _READ_STATEMENTS:
         raise QueryRefusedError(
             f"{statement.type.name} statements are not allowed: queries are read-only "
-            "(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)")
+            "(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+        )
 
 
-def connect(output: str, storage_options: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    output: str, storage_options: Mapping[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views ``clips`` and ``videos``, locked down read-only.
 
     Raises:
@@ -171,8 +179,12 @@ def query(output: str, sql: str, storage_options: Mapping[str, Any] | None = Non
         con.close()
 
 
-def write_result(table: pa.Table, fmt: OutputFormat = "table", dest: str | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> str | None:
+def write_result(
+    table: pa.Table,
+    fmt: OutputFormat = "table",
+    dest: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str | None:
     """Render a query result.
 
     Args:
@@ -216,16 +228,19 @@ _FIXED_SIZE_NULLS = "Expected all lists to be of size"
 def with_read_hint(message: str) -> str:
     """``message`` plus what to do when it is a known unreadable-Parquet error."""
     if _FIXED_SIZE_NULLS in message:
-        return (f"{message}\n(a Parquet file holds null entries in a fixed-size list column, which "
-                "pyarrow cannot read back, apache/arrow#35692: write such tables with "
-                "store_schema=False or feature as list<float32>)")
+        return (
+            f"{message}\n(a Parquet file holds null entries in a fixed-size list column, which "
+            "pyarrow cannot read back, apache/arrow#35692: write such tables with "
+            "store_schema=False or feature as list<float32>)"
+        )
     return message
 
 
 def _is_data_file(path: str, root: str) -> bool:
-    relative = path[len(root):].lstrip("/")
+    relative = path[len(root) :].lstrip("/")
     return relative.endswith(".parquet") and not any(
-        part.startswith(("_", ".")) for part in relative.split("/"))
+        part.startswith(("_", ".")) for part in relative.split("/")
+    )
 
 
 def _explained_statement(sql: str) -> Any:
@@ -250,8 +265,10 @@ def _explained_statement(sql: str) -> Any:
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:
     maps = {f.name for f in table.schema if pa.types.is_map(f.type)}
-    return [{k: (_plain(dict(v)) if k in maps and v is not None else _plain(v)) for k, v in row.items()}
-            for row in table.to_pylist()]
+    return [
+        {k: (_plain(dict(v)) if k in maps and v is not None else _plain(v)) for k, v in row.items()}
+        for row in table.to_pylist()
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -277,8 +294,16 @@ def _render_csv(table: pa.Table) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.column_names)
     for row in _rows(table):
-        writer.writerow(["" if v is None else json.dumps(v, default=str) if isinstance(v, (list, dict))
-                         else v for v in row.values()])
+        writer.writerow(
+            [
+                ""
+                if v is None
+                else json.dumps(v, default=str)
+                if isinstance(v, (list, dict))
+                else v
+                for v in row.values()
+            ]
+        )
     return buffer.getvalue()
 
 

@@ -18,21 +18,23 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.query import open_table, with_read_hint
-from pipeline.uris import redact_uri
+from pipeline.uris import filesystem, redact_uri
 
 logger = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("video_id", "video_uri", "clip_index", "start_s", "end_s")
-RESULT_SCHEMA = pa.schema([
-    ("rank", pa.int32()),
-    ("video_id", pa.string()),
-    ("video_uri", pa.string()),
-    ("clip_index", pa.int32()),
-    ("start_s", pa.float64()),
-    ("end_s", pa.float64()),
-    ("model", pa.string()),
-    ("score", pa.float64()),
-])
+RESULT_SCHEMA = pa.schema(
+    [
+        ("rank", pa.int32()),
+        ("video_id", pa.string()),
+        ("video_uri", pa.string()),
+        ("clip_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("model", pa.string()),
+        ("score", pa.float64()),
+    ]
+)
 _BATCH_ROWS = 8192  # x D float64 values per scored batch: 32 MB at D=512
 
 
@@ -84,22 +86,29 @@ def similar(
 
     Raises:
         ValueError: ``k`` < 1.
-        ClipNotFoundError: Unknown video, clip, or no row of ``model`` for the clip.
+        ClipNotFoundError: No output, unknown video or clip, or no row of ``model`` for the clip.
         NoFeatureError: The query clip's feature is null or zero.
         AmbiguousModelError: ``model`` is None and several models have features for the clip.
         SimilarityError: A Parquet file of the table cannot be decoded (the message says why).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    fs, root = filesystem(output, storage_options)
+    if not fs.exists(root):
+        raise ClipNotFoundError(f"no job output at {redact_uri(output)}")
     try:
-        return _similar(open_table(output, "clips", storage_options), output, video_id, clip_index,
-                        k, model)
+        return _similar(
+            open_table(output, "clips", storage_options), output, video_id, clip_index, k, model
+        )
     except pa.ArrowInvalid as exc:  # a file pyarrow cannot decode: say which problem and what to do
-        raise SimilarityError(with_read_hint(f"cannot read {redact_uri(output)}/clips: {exc}")) from exc
+        raise SimilarityError(
+            with_read_hint(f"cannot read {redact_uri(output)}/clips: {exc}")
+        ) from exc
 
 
-def _similar(dataset: ds.Dataset, output: str, video_id: str, clip_index: int, k: int,
-             model: str | None) -> pa.Table:
+def _similar(
+    dataset: ds.Dataset, output: str, video_id: str, clip_index: int, k: int, model: str | None
+) -> pa.Table:
     model, query_vector = _query_feature(dataset, output, video_id, clip_index, model)
     query_unit = query_vector / np.linalg.norm(query_vector)
 
@@ -122,8 +131,9 @@ def _similar(dataset: ds.Dataset, output: str, video_id: str, clip_index: int, k
     return pa.table(columns, schema=RESULT_SCHEMA)
 
 
-def _query_feature(dataset: ds.Dataset, output: str, video_id: str, clip_index: int,
-                   model: str | None) -> tuple[str, np.ndarray]:
+def _query_feature(
+    dataset: ds.Dataset, output: str, video_id: str, clip_index: int, model: str | None
+) -> tuple[str, np.ndarray]:
     """The model and feature vector of the query clip, or a clear error."""
     where = (pc.field("video_id") == video_id) & (pc.field("clip_index") == clip_index)
     rows = dataset.to_table(columns=["model", "feature"], filter=where)
@@ -133,7 +143,8 @@ def _query_feature(dataset: ds.Dataset, output: str, video_id: str, clip_index: 
             raise ClipNotFoundError(f"unknown video_id {video_id!r} in {redact_uri(output)}/clips")
         indices = sorted(set(clips.column("clip_index").to_pylist()))
         raise ClipNotFoundError(
-            f"video {video_id!r} has no clip {clip_index}; its clips are {_ranges(indices)}")
+            f"video {video_id!r} has no clip {clip_index}; its clips are {_ranges(indices)}"
+        )
 
     models = rows.column("model").to_pylist()
     features = rows.column("feature").to_pylist()
@@ -141,38 +152,49 @@ def _query_feature(dataset: ds.Dataset, output: str, video_id: str, clip_index: 
         if model not in models:
             raise ClipNotFoundError(
                 f"clip {clip_index} of video {video_id!r} has no row for model {model!r}; "
-                f"models: {', '.join(sorted(set(map(str, models))))}")
+                f"models: {', '.join(sorted(set(map(str, models))))}"
+            )
         chosen = model
     else:
         with_feature = sorted({m for m, f in zip(models, features) if f is not None})
         if not with_feature:
             raise NoFeatureError(
                 f"clip {clip_index} of video {video_id!r} has no feature for any model "
-                f"({', '.join(sorted(set(map(str, models))))}): these models output no features")
+                f"({', '.join(sorted(set(map(str, models))))}): these models output no features"
+            )
         if len(with_feature) > 1:
             raise AmbiguousModelError(
                 f"clip {clip_index} of video {video_id!r} has features from several models "
-                f"({', '.join(with_feature)}); choose one with model=")
+                f"({', '.join(with_feature)}); choose one with model="
+            )
         chosen = with_feature[0]
     feature = next((f for m, f in zip(models, features) if m == chosen and f is not None), None)
     if feature is None:
         raise NoFeatureError(
             f"clip {clip_index} of video {video_id!r} has a null feature for model {chosen!r}: "
-            "the model outputs no features")
+            "the model outputs no features"
+        )
     vector = np.asarray(feature, dtype=np.float64)
     if not np.isfinite(vector).all() or not np.linalg.norm(vector) > 0:
         raise NoFeatureError(
             f"clip {clip_index} of video {video_id!r} has a zero or non-finite feature for "
-            f"model {chosen!r}; cosine similarity is undefined")
+            f"model {chosen!r}; cosine similarity is undefined"
+        )
     return chosen, vector
 
 
-def _score_batch(batch: pa.RecordBatch, query_unit: np.ndarray, video_id: str,
-                 clip_index: int) -> pa.Table | None:
+def _score_batch(
+    batch: pa.RecordBatch, query_unit: np.ndarray, video_id: str, clip_index: int
+) -> pa.Table | None:
     """Rows of ``batch`` other than the query clip with their cosine ``score``; None if none."""
     dim = query_unit.shape[0]
-    is_query = pc.fill_null(pc.and_(pc.equal(batch.column("video_id"), video_id),
-                                    pc.equal(batch.column("clip_index"), clip_index)), False)
+    is_query = pc.fill_null(
+        pc.and_(
+            pc.equal(batch.column("video_id"), video_id),
+            pc.equal(batch.column("clip_index"), clip_index),
+        ),
+        False,
+    )
     right_length = pc.equal(pc.list_value_length(batch.column("feature")), dim)
     wrong = pc.sum(pc.cast(pc.invert(right_length), pa.int64())).as_py() or 0
     if wrong:

@@ -10,9 +10,15 @@ JOB_FILE = "_job.json"
 
 METRICS_TYPE = pa.map_(pa.string(), pa.float64())
 
-# `feature` is fixed_size_list<float32>[D]; D depends on the model, so the schema is built per model.
+FEATURE_READ_TYPE = pa.list_(pa.float32())
+
+
 def clips_schema(feature_dim: int | None) -> pa.Schema:
-    feature_type = pa.list_(pa.float32(), feature_dim) if feature_dim else pa.list_(pa.float32(), 1)
+    """Schema of one clips file. ``feature`` is fixed_size_list<float32>[D] where D is the model's
+    feature width, and an all-null list<float32> for models without features (Parquet cannot
+    round-trip null fixed-size lists). Readers of the whole ``clips/`` folder, where models of
+    different widths meet, read ``feature`` as list<float32> (``FEATURE_READ_TYPE``)."""
+    feature_type = pa.list_(pa.float32(), feature_dim) if feature_dim else FEATURE_READ_TYPE
     return pa.schema([
         ("job_id", pa.string()),
         ("video_id", pa.string()),

@@ -156,7 +156,11 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         full = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{full}."))
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+        elif (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, Mapping) for v in value)
+        ):
             for index, item in enumerate(value):
                 flat.update(flatten_params(item, f"{full}.{index}."))
         else:
@@ -233,9 +237,19 @@ class JobTracker:
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        state = "failed" if self.failed else "ended" if self._ended else "active" if self.run_id else "new"
-        return (f"JobTracker(uri={redact_uri(self.tracking_uri)!r}, experiment={self.experiment!r}, "
-                f"run_id={self.run_id!r}, state={state})")
+        state = (
+            "failed"
+            if self.failed
+            else "ended"
+            if self._ended
+            else "active"
+            if self.run_id
+            else "new"
+        )
+        return (
+            f"JobTracker(uri={redact_uri(self.tracking_uri)!r}, experiment={self.experiment!r}, "
+            f"run_id={self.run_id!r}, state={state})"
+        )
 
     @property
     def active(self) -> bool:
@@ -263,26 +277,40 @@ class JobTracker:
                 self._connect()
                 self.run_id = self._create_run(params, tags or {})
             except Exception as exc:  # noqa: BLE001 - any store error means "unavailable"
-                reason = (f"tracking store {redact_uri(self.tracking_uri)} unavailable: "
-                          f"{type(exc).__name__}: {_first_line(exc)}")
+                reason = (
+                    f"tracking store {redact_uri(self.tracking_uri)} unavailable: "
+                    f"{type(exc).__name__}: {_first_line(exc)}"
+                )
                 if self.fail_fast:
                     raise TrackingUnavailableError(reason) from exc
                 self.failed = reason
                 logger.warning("%s; continuing without tracking (mlflow.fail_fast is off)", reason)
                 return None
-            logger.info("tracking job as MLflow run %s in experiment %r at %s",
-                        self.run_id, self.experiment, redact_uri(self.tracking_uri))
+            logger.info(
+                "tracking job as MLflow run %s in experiment %r at %s",
+                self.run_id,
+                self.experiment,
+                redact_uri(self.tracking_uri),
+            )
             return self.run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log numeric metrics (at ``step`` when given). A no-op once tracking has failed."""
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int | None = None) -> None:
+        """Log numeric metrics (at ``step`` when given). A no-op once tracking has failed.
+
+        Keys are cleaned of characters MLflow rejects (as for params); ``None`` values are
+        skipped, so one undefined ratio does not cost the rest of the run's tracking.
+        """
         from mlflow.entities import Metric
 
         def call() -> None:
             now = int(time.time() * 1000)
-            batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+            batch = [
+                Metric(_clean_key(str(key)), float(value), now, step or 0)
+                for key, value in metrics.items()
+                if value is not None
+            ]
             for i in range(0, len(batch), _METRICS_PER_BATCH):
-                self._client.log_batch(self.run_id, metrics=batch[i:i + _METRICS_PER_BATCH])
+                self._client.log_batch(self.run_id, metrics=batch[i : i + _METRICS_PER_BATCH])
 
         self._guarded("log_metrics", call)
 
@@ -308,12 +336,14 @@ class JobTracker:
             throughput: ``(elapsed seconds, clips done)`` samples.
             label_counts: Label to number of clips.
         """
+
         def call() -> None:
             with tempfile.TemporaryDirectory(prefix="vmb-artifacts-") as tmp:
                 out = Path(tmp)
                 _write_spec(out, spec_text)
                 (out / "summary.json").write_text(
-                    json.dumps(redact(dict(summary)), indent=2, sort_keys=True, default=str) + "\n")
+                    json.dumps(redact(dict(summary)), indent=2, sort_keys=True, default=str) + "\n"
+                )
                 (out / "failed_videos.csv").write_text(_failed_videos_csv(failed_videos))
                 _plot_throughput(throughput, out / "throughput.png")
                 _plot_label_histogram(label_counts, out / "label_histogram.png")
@@ -337,8 +367,11 @@ class JobTracker:
                 return
             try:
                 if self.failed is not None:
-                    self._client.set_tag(self.run_id, "vmb.tracking_error",
-                                         _truncate(self.failed, MAX_TAG_VALUE_CHARS))
+                    self._client.set_tag(
+                        self.run_id,
+                        "vmb.tracking_error",
+                        _truncate(self.failed, MAX_TAG_VALUE_CHARS),
+                    )
                     status = "FAILED"
                 self._client.set_terminated(self.run_id, status)
             except Exception as exc:  # noqa: BLE001 - tracking must never kill the job
@@ -347,8 +380,12 @@ class JobTracker:
     def __enter__(self) -> JobTracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -365,19 +402,23 @@ class JobTracker:
             bound_http_retries()
             _probe_http(self.tracking_uri, self.probe_timeout_s)
         elif self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _create_run(self, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
         from mlflow.entities import Param
 
         experiment_id = _get_or_create_experiment(self._client, self.experiment, self.tracking_uri)
-        run_tags = {str(k): _truncate(str(v), MAX_TAG_VALUE_CHARS) for k, v in redact(dict(tags)).items()}
+        run_tags = {
+            str(k): _truncate(str(v), MAX_TAG_VALUE_CHARS) for k, v in redact(dict(tags)).items()
+        }
         run = self._client.create_run(experiment_id, tags=run_tags, run_name=self.run_name)
         flat = flatten_params(redact(dict(params)))
         items = [Param(k, v) for k, v in flat.items()]
         for i in range(0, len(items), _PARAMS_PER_BATCH):
-            self._client.log_batch(run.info.run_id, params=items[i:i + _PARAMS_PER_BATCH])
+            self._client.log_batch(run.info.run_id, params=items[i : i + _PARAMS_PER_BATCH])
         return run.info.run_id
 
     def _guarded(self, what: str, call: Any) -> None:
@@ -393,14 +434,17 @@ class JobTracker:
 
     def _record_failure(self, what: str, exc: BaseException) -> None:
         self.failed = f"{what} failed: {type(exc).__name__}: {_first_line(exc)}"
-        logger.warning("MLflow %s; tracking disabled for the rest of the job", self.failed,
-                       exc_info=True)
+        logger.warning(
+            "MLflow %s; tracking disabled for the rest of the job", self.failed, exc_info=True
+        )
 
 
 # -- model registry ------------------------------------------------------------------------
 
 
-def resolve_model_uri(uri: str, tracking_uri: str | None = None, dst_path: str | None = None) -> str:
+def resolve_model_uri(
+    uri: str, tracking_uri: str | None = None, dst_path: str | None = None
+) -> str:
     """Local path of the weights file behind a ``models:/`` or ``runs:/`` URI.
 
     Accepts ``models:/name/version``, ``models:/name@alias`` and ``runs:/run_id/path``. The
@@ -430,18 +474,26 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, dst_path: str |
         bound_http_retries()
     try:
         artifact_uri = _registry_download_uri(uri, store) if uri.startswith("models:/") else uri
-        local = Path(download_artifacts(artifact_uri=artifact_uri, dst_path=dst_path,
-                                        tracking_uri=store, registry_uri=store))
+        local = Path(
+            download_artifacts(
+                artifact_uri=artifact_uri, dst_path=dst_path, tracking_uri=store, registry_uri=store
+            )
+        )
     except (MlflowException, OSError) as exc:
-        raise ModelResolutionError(f"cannot resolve {uri} at {redact_uri(store)}: "
-                                   f"{_first_line(exc)}") from exc
+        raise ModelResolutionError(
+            f"cannot resolve {uri} at {redact_uri(store)}: " f"{_first_line(exc)}"
+        ) from exc
     candidates = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     weights = [p for p in candidates if p.suffix in WEIGHTS_SUFFIXES]
     if len(weights) != 1:
-        found = ", ".join(str(p.relative_to(local) if p != local else p.name) for p in candidates) or "nothing"
+        found = (
+            ", ".join(str(p.relative_to(local) if p != local else p.name) for p in candidates)
+            or "nothing"
+        )
         raise ModelResolutionError(
             f"{uri} must hold exactly one weights file ({'/'.join(WEIGHTS_SUFFIXES)}), "
-            f"found {len(weights)} among: {found}")
+            f"found {len(weights)} among: {found}"
+        )
     logger.info("resolved %s to %s", uri, weights[0])
     return str(weights[0])
 
@@ -490,8 +542,11 @@ def register_weights(
         Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     experiment_id = _get_or_create_experiment(client, experiment, store)
-    run = client.create_run(experiment_id, run_name=f"register-{name}",
-                            tags={"vmb.weights.name": name, "vmb.weights.file": weights.name})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"register-{name}",
+        tags={"vmb.weights.name": name, "vmb.weights.file": weights.name},
+    )
     try:
         client.log_artifact(run.info.run_id, str(weights), artifact_path="weights")
     except BaseException:
@@ -504,7 +559,8 @@ def register_weights(
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     version = client.create_model_version(
-        name, source=posixpath.join(run.info.artifact_uri, "weights"), run_id=run.info.run_id)
+        name, source=posixpath.join(run.info.artifact_uri, "weights"), run_id=run.info.run_id
+    )
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     logger.info("registered %s as %s version %s", weights.name, name, version.version)
@@ -565,7 +621,9 @@ def _get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
     location = None
     if tracking_uri.startswith("sqlite:///"):
         # MLflow would default to ./mlruns; keep local artifacts next to the database.
-        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        location = (
+            (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        )
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException as exc:  # another job created it concurrently
@@ -593,8 +651,10 @@ def _failed_videos_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns or ["video_id", "video_uri", "status",
-                                                           "error_type", "error_message"])
+    writer = csv.DictWriter(
+        buffer,
+        fieldnames=columns or ["video_id", "video_uri", "status", "error_type", "error_message"],
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow(redact(dict(row)))
@@ -602,7 +662,7 @@ def _failed_videos_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _new_figure() -> Any:
-    # Figure + Agg canvas, not pyplot: no global state, no display backend, safe off the main thread.
+    # Figure + Agg canvas, not pyplot: no global state or display backend; thread-safe.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -637,7 +697,11 @@ def _plot_label_histogram(label_counts: Mapping[str, int], path: Path, top: int 
         labels, counts = zip(*reversed(items))  # most frequent on top
         ax.barh(range(len(labels)), counts)
         ax.set_yticks(range(len(labels)), [str(label)[:40] for label in labels], fontsize=7)
-        title = "Top-1 labels" if len(label_counts) <= top else f"Top {top} of {len(label_counts)} labels"
+        title = (
+            "Top-1 labels"
+            if len(label_counts) <= top
+            else f"Top {top} of {len(label_counts)} labels"
+        )
         ax.set_title(title)
     else:
         ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)

@@ -45,10 +45,14 @@ def ray_session(isolated_env):
     """One embedded Ray instance for the whole session (starting Ray takes seconds).
 
     2 CPUs like the target machines (so stage CPU requests that would deadlock there deadlock
-    here too), no dashboard, bound to loopback only, worker logs not streamed to the test's
-    output, a 300 MB object store, and no runtime_env. ``address="local"`` starts a fresh
-    instance even if ``RAY_ADDRESS`` names a cluster. Depends on ``isolated_env`` so the
-    workers inherit its environment. Yields the ``ray`` module.
+    here too), no dashboard, worker logs not streamed to the test's output, a 300 MB object
+    store, and no runtime_env. ``address="local"`` starts a fresh instance even if
+    ``RAY_ADDRESS`` names a cluster. Depends on ``isolated_env`` so the workers inherit its
+    environment. Yields the ``ray`` module.
+
+    ``_node_ip_address="127.0.0.1"`` asks for loopback, but Ray 2.60 does not honour it:
+    ``services.resolve_ip_for_localhost`` swaps it for the node's routable address, and the
+    GCS, raylet and worker gRPC servers listen on all interfaces (checked with ``ss -ltnp``).
     """
     import ray
 

@@ -53,9 +53,13 @@ class S3Server:
         """Create ``name`` (if needed) and return ``s3://name``."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                              aws_access_key_id=self.storage_options["key"],
-                              aws_secret_access_key=self.storage_options["secret"])
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.storage_options["key"],
+            aws_secret_access_key=self.storage_options["secret"],
+        )
         try:
             client.create_bucket(Bucket=name)
         except client.exceptions.BucketAlreadyOwnedByYou:
@@ -73,11 +77,14 @@ def s3_server() -> Iterator[S3Server]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        yield S3Server(endpoint, {
-            "key": "testing-key",
-            "secret": "testing-secret",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        })
+        yield S3Server(
+            endpoint,
+            {
+                "key": "testing-key",
+                "secret": "testing-secret",
+                "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+            },
+        )
     finally:
         server.stop()
 
@@ -92,17 +99,32 @@ class MlflowServer:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """Start ``mlflow server`` on a free port, wait for ``/health``, kill its process group after."""
+    """``mlflow server`` on a free port; waits for ``/health``, kills its process group after."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = (root / "server.log").open("wb")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
     # No server-side job runner: it forks a pool of huey consumers that costs seconds per start.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # own process group: the uvicorn worker too
+    # A session of its own = a process group holding the uvicorn worker too, killed as one.
+    proc = subprocess.Popen(
+        cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(uri, proc, root / "server.log")
@@ -116,7 +138,9 @@ def _wait_healthy(uri: str, proc: subprocess.Popen[bytes], log_path: Path) -> No
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()}")
+            raise RuntimeError(
+                f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()}"
+            )
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
                 if response.status == 200:
@@ -124,7 +148,9 @@ def _wait_healthy(uri: str, proc: subprocess.Popen[bytes], log_path: Path) -> No
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"mlflow server not healthy after {_STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+    raise RuntimeError(
+        f"mlflow server not healthy after {_STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}"
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -147,24 +173,49 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 # -- output tables -------------------------------------------------------------------------
 
 _CLIP_DEFAULTS: dict[str, Any] = {
-    "job_id": "job-test", "video_uri": None, "start_frame": 0, "end_frame": 8, "start_s": 0.0,
-    "end_s": 0.32, "model": "m", "model_version": "1", "labels": ["a"], "scores": [1.0],
-    "feature": None, "metrics": [], "media_uri": None,
+    "job_id": "job-test",
+    "video_uri": None,
+    "start_frame": 0,
+    "end_frame": 8,
+    "start_s": 0.0,
+    "end_s": 0.32,
+    "model": "m",
+    "model_version": "1",
+    "labels": ["a"],
+    "scores": [1.0],
+    "feature": None,
+    "metrics": [],
+    "media_uri": None,
 }
 _VIDEO_DEFAULTS: dict[str, Any] = {
-    "video_uri": None, "bytes": 1000, "duration_s": 1.0, "fps": 25.0, "num_frames": 25,
-    "width": 64, "height": 48, "codec": "h264", "num_clips": 1, "status": "ok",
-    "error_type": None, "error_message": None, "decode_s": 0.1, "infer_s": 0.2,
+    "video_uri": None,
+    "bytes": 1000,
+    "duration_s": 1.0,
+    "fps": 25.0,
+    "num_frames": 25,
+    "width": 64,
+    "height": 48,
+    "codec": "h264",
+    "num_clips": 1,
+    "status": "ok",
+    "error_type": None,
+    "error_message": None,
+    "decode_s": 0.1,
+    "infer_s": 0.2,
 }
 
 
 def _clips_table(rows: list[dict[str, Any]], feature_dim: int | None) -> pa.Table:
-    full = [{**_CLIP_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows]
+    full = [
+        {**_CLIP_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows
+    ]
     return _table(full, clips_schema(feature_dim))
 
 
 def _videos_table(rows: list[dict[str, Any]]) -> pa.Table:
-    full = [{**_VIDEO_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows]
+    full = [
+        {**_VIDEO_DEFAULTS, "video_uri": f"file:///videos/{r['video_id']}.mp4", **r} for r in rows
+    ]
     return _table(full, VIDEOS_SCHEMA)
 
 
@@ -172,7 +223,9 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _write_parquet(table: pa.Table, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+def _write_parquet(
+    table: pa.Table, uri: str, storage_options: dict[str, Any] | None = None
+) -> None:
     """Write a table as a sink must.
 
     pyarrow 25 cannot read back a *stored* fixed_size_list schema when the column holds nulls
@@ -181,8 +234,10 @@ def _write_parquet(table: pa.Table, uri: str, storage_options: dict[str, Any] | 
     """
     from pipeline.uris import filesystem
 
-    null_fixed_lists = any(pa.types.is_fixed_size_list(field.type) and table.column(field.name).null_count
-                           for field in table.schema)
+    null_fixed_lists = any(
+        pa.types.is_fixed_size_list(field.type) and table.column(field.name).null_count
+        for field in table.schema
+    )
     fs, path = filesystem(uri, storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as f:
@@ -191,7 +246,7 @@ def _write_parquet(table: pa.Table, uri: str, storage_options: dict[str, Any] | 
 
 @pytest.fixture
 def clips_table():
-    """Factory: rows (dicts with at least video_id, clip_index) -> clips table of pipeline.tables."""
+    """Factory: rows (dicts with at least video_id, clip_index) -> a pipeline.tables clips table."""
     return _clips_table
 
 

@@ -32,8 +32,12 @@ def tiny_spec(input_uri: str, output_uri: str, models: list[dict[str, Any]] | No
 
 
 def read_table(output: str, name: str, filesystem=None):
+    """The whole table as the query layer reads it (``clips.feature`` as list<float32>)."""
+    from pipeline.query import table_schema
+
     path = f"{output}/{name}"
-    return pads.dataset(path, format="parquet", filesystem=filesystem).to_table()
+    return pads.dataset(path, format="parquet", filesystem=filesystem,
+                        schema=table_schema(name)).to_table()
 
 
 def clip_key_counts(clips) -> Counter:

@@ -14,6 +14,7 @@ from pipeline.similar import (
     AmbiguousModelError,
     ClipNotFoundError,
     NoFeatureError,
+    SimilarityError,
     similar,
 )
 
@@ -24,34 +25,57 @@ from pipeline.similar import (
 #   v2/0 (0, 1, 0)    -> 0
 #   v2/1 (-1, 0, 0)   -> -1
 #   v3/1 (0, 0, 0)    -> undefined: skipped;  v3/2 null: skipped
-EXPECTED = [("v2", 2, 2 / math.sqrt(4.01)), ("v1", 1, 1 / math.sqrt(2)), ("v3", 0, 1 / math.sqrt(3)),
-            ("v2", 0, 0.0), ("v2", 1, -1.0)]
+EXPECTED = [
+    ("v2", 2, 2 / math.sqrt(4.01)),
+    ("v1", 1, 1 / math.sqrt(2)),
+    ("v3", 0, 1 / math.sqrt(3)),
+    ("v2", 0, 0.0),
+    ("v2", 1, -1.0),
+]
 
 
 @pytest.fixture
 def job(clips_table):
     """Clips of model m (D=3) in two files, plus other models sharing some clips."""
-    part_a = clips_table([
-        {"video_id": "v1", "clip_index": 0, "feature": [1.0, 0.0, 0.0]},
-        {"video_id": "v1", "clip_index": 1, "feature": [1.0, 1.0, 0.0], "start_s": 0.32, "end_s": 0.64},
-        {"video_id": "v2", "clip_index": 0, "feature": [0.0, 1.0, 0.0]},
-        {"video_id": "v2", "clip_index": 1, "feature": [-1.0, 0.0, 0.0]},
-    ], feature_dim=3)
-    part_b = clips_table([
-        {"video_id": "v2", "clip_index": 2, "feature": [2.0, 0.1, 0.0]},
-        {"video_id": "v3", "clip_index": 0, "feature": [1.0, 1.0, 1.0]},
-        {"video_id": "v3", "clip_index": 1, "feature": [0.0, 0.0, 0.0]},
-        {"video_id": "v3", "clip_index": 2, "feature": None},
-    ], feature_dim=3)
+    part_a = clips_table(
+        [
+            {"video_id": "v1", "clip_index": 0, "feature": [1.0, 0.0, 0.0]},
+            {
+                "video_id": "v1",
+                "clip_index": 1,
+                "feature": [1.0, 1.0, 0.0],
+                "start_s": 0.32,
+                "end_s": 0.64,
+            },
+            {"video_id": "v2", "clip_index": 0, "feature": [0.0, 1.0, 0.0]},
+            {"video_id": "v2", "clip_index": 1, "feature": [-1.0, 0.0, 0.0]},
+        ],
+        feature_dim=3,
+    )
+    part_b = clips_table(
+        [
+            {"video_id": "v2", "clip_index": 2, "feature": [2.0, 0.1, 0.0]},
+            {"video_id": "v3", "clip_index": 0, "feature": [1.0, 1.0, 1.0]},
+            {"video_id": "v3", "clip_index": 1, "feature": [0.0, 0.0, 0.0]},
+            {"video_id": "v3", "clip_index": 2, "feature": None},
+        ],
+        feature_dim=3,
+    )
     # Same clips seen by other models: a 2-D embedding, and a classifier without features.
-    other = clips_table([
-        {"video_id": "v1", "clip_index": 0, "model": "flow", "feature": [1.0, 0.0]},
-        {"video_id": "v2", "clip_index": 2, "model": "flow", "feature": [1.0, 0.0]},
-    ], feature_dim=2)
-    nofeat = clips_table([
-        {"video_id": "v3", "clip_index": 0, "model": "cls", "feature": None},
-        {"video_id": "v4", "clip_index": 0, "model": "cls", "feature": None},
-    ], feature_dim=None)
+    other = clips_table(
+        [
+            {"video_id": "v1", "clip_index": 0, "model": "flow", "feature": [1.0, 0.0]},
+            {"video_id": "v2", "clip_index": 2, "model": "flow", "feature": [1.0, 0.0]},
+        ],
+        feature_dim=2,
+    )
+    nofeat = clips_table(
+        [
+            {"video_id": "v3", "clip_index": 0, "model": "cls", "feature": None},
+            {"video_id": "v4", "clip_index": 0, "model": "cls", "feature": None},
+        ],
+        feature_dim=None,
+    )
     return {"part-0": part_a, "part-1": part_b, "part-2": other, "part-3": nofeat}
 
 
@@ -67,8 +91,13 @@ def local_output(tmp_path: Path, job, write_parquet) -> str:
 
 
 def _triples(result):
-    return list(zip(result.column("video_id").to_pylist(), result.column("clip_index").to_pylist(),
-                    result.column("score").to_pylist()))
+    return list(
+        zip(
+            result.column("video_id").to_pylist(),
+            result.column("clip_index").to_pylist(),
+            result.column("score").to_pylist(),
+        )
+    )
 
 
 def _assert_matches(result, expected) -> None:
@@ -95,15 +124,20 @@ def test_streaming_top_k_across_batches(local_output: str, monkeypatch: pytest.M
     _assert_matches(similar(local_output, "v1", 0, k=4, model="m"), EXPECTED[:4])
 
 
-def test_random_features_against_brute_force(tmp_path: Path, clips_table, write_parquet,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_random_features_against_brute_force(
+    tmp_path: Path, clips_table, write_parquet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(300, 16)).astype(np.float32)
-    rows = [{"video_id": f"v{i // 10:02d}", "clip_index": i % 10, "feature": f.tolist()}
-            for i, f in enumerate(features)]
+    rows = [
+        {"video_id": f"v{i // 10:02d}", "clip_index": i % 10, "feature": f.tolist()}
+        for i, f in enumerate(features)
+    ]
     for part in range(3):
-        write_parquet(clips_table(rows[part * 100:(part + 1) * 100], feature_dim=16),
-                      f"{tmp_path}/clips/part-{part}.parquet")
+        write_parquet(
+            clips_table(rows[part * 100 : (part + 1) * 100], feature_dim=16),
+            f"{tmp_path}/clips/part-{part}.parquet",
+        )
     monkeypatch.setattr(similar_module, "_BATCH_ROWS", 37)
 
     query_row = 123
@@ -116,12 +150,18 @@ def test_random_features_against_brute_force(tmp_path: Path, clips_table, write_
 
 
 def test_ties_are_broken_by_video_and_clip(tmp_path: Path, clips_table, write_parquet) -> None:
-    write_parquet(clips_table([
-        {"video_id": "q", "clip_index": 0, "feature": [1.0, 0.0]},
-        {"video_id": "b", "clip_index": 1, "feature": [2.0, 0.0]},
-        {"video_id": "a", "clip_index": 5, "feature": [1.0, 0.0]},
-        {"video_id": "b", "clip_index": 0, "feature": [3.0, 0.0]},
-    ], feature_dim=2), f"{tmp_path}/clips/part-0.parquet")
+    write_parquet(
+        clips_table(
+            [
+                {"video_id": "q", "clip_index": 0, "feature": [1.0, 0.0]},
+                {"video_id": "b", "clip_index": 1, "feature": [2.0, 0.0]},
+                {"video_id": "a", "clip_index": 5, "feature": [1.0, 0.0]},
+                {"video_id": "b", "clip_index": 0, "feature": [3.0, 0.0]},
+            ],
+            feature_dim=2,
+        ),
+        f"{tmp_path}/clips/part-0.parquet",
+    )
     result = similar(str(tmp_path), "q", 0, k=2)
     assert [(v, c) for v, c, _ in _triples(result)] == [("a", 5), ("b", 0)]
 
@@ -159,3 +199,26 @@ def test_similar_over_s3(s3_server, job, write_parquet) -> None:
     out = _write(job, write_parquet, f"{bucket}/jobs/run-1", s3_server.storage_options)
     result = similar(out, "v1", 0, k=3, model="m", storage_options=s3_server.storage_options)
     _assert_matches(result, EXPECTED[:3])
+
+
+def test_missing_output_and_unreadable_files_are_clear(tmp_path: Path, clips_table) -> None:
+    import pyarrow.parquet as pq
+
+    with pytest.raises(ClipNotFoundError, match="no job output"):
+        similar(str(tmp_path / "nope"), "v1", 0)
+    table = clips_table(
+        [
+            {"video_id": "v", "clip_index": 0, "feature": [1.0, 0.0]},
+            {"video_id": "v", "clip_index": 1, "feature": None},
+            {"video_id": "v", "clip_index": 2, "feature": [1.0, 1.0]},
+        ],
+        feature_dim=2,
+    )
+    (tmp_path / "clips").mkdir()
+    pq.write_table(table, tmp_path / "clips" / "part-0.parquet")  # Arrow schema stored, with nulls
+    try:
+        result = similar(str(tmp_path), "v", 0)
+    except SimilarityError as exc:  # pyarrow without the fix for apache/arrow#35692
+        assert "store_schema=False" in str(exc)
+    else:
+        assert [(v, c) for v, c, _ in _triples(result)] == [("v", 2)]

@@ -115,17 +115,21 @@ def _wait_for_jobs_api(head: RayHead, proc: subprocess.Popen) -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the head's process group (ray start shuts its daemons down), SIGKILL what is left."""
+    """SIGTERM the head's process group (every Ray daemon and worker it started), SIGKILL what
+    is still there after a grace period."""
     try:
         pgid = os.getpgid(proc.pid)
     except ProcessLookupError:
         return
     os.killpg(pgid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    time.sleep(1)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        proc.poll()  # reap `ray start` itself, or the group never looks empty
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
