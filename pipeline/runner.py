@@ -255,7 +255,8 @@ def _job_doc(spec: JobSpec, job_id: str, run_id: str | None, started: float, end
 
     return {
         "job_id": job_id, "fingerprint": spec.fingerprint(), "spec": redact(spec.model_dump()),
-        "versions": {k: v for k, v in runtime_tags().items() if k.startswith("version")},
+        "versions": {k.removeprefix("vmb.version."): v for k, v in runtime_tags().items()
+                     if k.startswith("vmb.version.")},
         "mlflow_run_id": run_id,
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "ended": datetime.fromtimestamp(ended, timezone.utc).isoformat() if ended else None,
@@ -280,6 +281,10 @@ def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracke
 
     import ray.data as rd
 
+    ctx = rd.DataContext.get_current()
+    if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
+        ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if todo:
         probed = rd.from_items([t.to_row() for t in todo]).map(
             probe_row, fn_kwargs={"storage_options": spec.storage_options}, num_cpus=0.25,

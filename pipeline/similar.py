@@ -54,7 +54,7 @@ class AmbiguousModelError(SimilarityError):
     """Several models have features for the query clip; pass ``model``."""
 
 
-SimilarError = SimilarityError  # the name pipeline.errors_cli looks up
+
 
 
 def similar(

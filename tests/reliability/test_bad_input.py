@@ -106,7 +106,7 @@ def bad_archive(tmp_path_factory) -> Path:
 def mixed_job(ray_session, bad_archive, tmp_path_factory):
     """One job over the whole bad archive; below its error budget."""
     out = tmp_path_factory.mktemp("reliability-out") / "out"
-    result = run_job(tiny_spec(str(bad_archive), str(out), max_error_fraction=0.9, decode={"isolation": "none"}))
+    result = run_job(tiny_spec(str(bad_archive), str(out), max_error_fraction=0.9))
     return result, out
 
 
