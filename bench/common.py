@@ -185,8 +185,14 @@ def run_logged(cmd: list[str], timeout: float, env: dict[str, str] | None = None
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for contender subprocesses: no inherited Ray address, quiet logs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    """The environment for contender subprocesses.
+
+    ``RAY_ADDRESS=local``: a plain ``ray.init()`` (and ``vmb run``'s embedded Ray) attaches to
+    any Ray instance already running on the machine -- other people's test clusters on a shared
+    box -- and then refuses ``num_cpus``; "local" makes every contender start its own.
+    """
+    env = dict(os.environ)
+    env["RAY_ADDRESS"] = "local"
     env.setdefault("RAY_DEDUP_LOGS", "0")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

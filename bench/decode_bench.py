@@ -14,7 +14,7 @@ best baseline; target >= 1.0.
 
 Sparse sampling on the 720p file: the cost (CPU seconds) of decoding only the frames a sampling
 plan needs, relative to a full sequential decode, for the pipeline's reader and for a prototype
-reader (``KeyframeReader`` below: seeks only across a keyframe, ``skip_frames`` for frames nobody
+reader (``KeyframeReader`` in ``_keyframe_reader_class``: seeks only across a keyframe, ``skip_frames`` for frames nobody
 needs). Target: cost scales with the frames needed, never above 1.0x of the full decode.
 """
 
@@ -83,44 +83,43 @@ def pyav_seq(path: Path) -> int:
     return n
 
 
-class KeyframeReader:
-    """Prototype of the change recommended for ``pipeline.decode.DecordReader``.
+def _keyframe_reader_class():
+    from pipeline.decode import DecordReader
 
-    Two differences: (1) a gap is crossed by seeking only when a keyframe lies inside it (a
-    seek otherwise re-decodes from the previous keyframe: frames already decoded are decoded
-    again); (2) frames inside a run that nobody needs are ``skip_frames``-ed: decoded (later
-    frames depend on them) but never colour-converted, resized or copied.
-    """
+    class KeyframeReader(DecordReader):
+        """Prototype of the change recommended for ``pipeline.decode.DecordReader.iter_frames``.
 
-    def __init__(self, src: str, height: int, width: int, threads: int):
-        import decord
+        Two differences: (1) a gap is crossed by seeking only when a keyframe lies inside it (a
+        seek otherwise re-decodes from the previous keyframe: frames already decoded are decoded
+        again); (2) frames nobody needs are ``skip_frames``-ed: decoded (later frames depend on
+        them) but never colour-converted, resized or copied.
+        """
 
-        self._vr = decord.VideoReader(src, ctx=decord.cpu(0), width=width, height=height,
-                                      num_threads=threads)
-        self.num_frames = len(self._vr)
-        self._keys = sorted(int(k) for k in self._vr.get_key_indices())
-        self._pos = 0
+        def iter_frames(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+            keys = getattr(self, "_keys", None)
+            if keys is None:
+                keys = self._keys = sorted(int(k) for k in self._vr.get_key_indices())
+            for i in indices:
+                if i < self._pos:
+                    raise ValueError("indices must be sorted and unique")
+                k = keys[bisect.bisect_right(keys, i) - 1] if keys else 0
+                if k > self._pos:  # a keyframe inside the gap: jump to it instead of decoding up
+                    self._vr.seek(k)
+                    self._pos = k
+                if i > self._pos:
+                    self._vr.skip_frames(i - self._pos)
+                    self._pos = i
+                yield i, self._vr.next().asnumpy()
+                self._pos += 1
 
-    def iter_frames(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for i in indices:
-            if i < self._pos:
-                raise ValueError("indices must be sorted and unique")
-            k = self._keys[bisect.bisect_right(self._keys, i) - 1] if self._keys else 0
-            if k > self._pos:  # a keyframe between here and i: jump to it instead of decoding up
-                self._vr.seek(k)
-                self._pos = k
-            if i > self._pos:
-                self._vr.skip_frames(i - self._pos)
-                self._pos = i
-            yield i, self._vr.next().asnumpy()
-            self._pos += 1
+    return KeyframeReader
 
 
 def proto(path: Path, plans) -> int:
     from pipeline.decode import decode_size, iter_clips
 
     h, w = decode_size(_probe(path), SIZE, "crop")
-    reader = KeyframeReader(str(path), h, w, 1)
+    reader = _keyframe_reader_class()(str(path), h, w, 1)
     return sum(len(frames) for _, frames in iter_clips(reader, plans, SIZE))
 
 
@@ -131,7 +130,7 @@ def _same_frames(path: Path, plans) -> bool:
     a = [f for _, f in iter_clips(open_reader("decord", str(path), _probe(path), SIZE, "crop", 1),
                                   plans[:6], SIZE)]
     h, w = decode_size(_probe(path), SIZE, "crop")
-    b = [f for _, f in iter_clips(KeyframeReader(str(path), h, w, 1), plans[:6], SIZE)]
+    b = [f for _, f in iter_clips(_keyframe_reader_class()(str(path), h, w, 1), plans[:6], SIZE)]
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
