@@ -36,17 +36,19 @@ def maybe_inject_hang(video_uri: str) -> None:
 
 
 def _child_loop(conn, produce: Callable[..., Iterator[dict]]) -> None:
+    """Serve requests ``(request_id, args)``; every reply is tagged with its request id, so the
+    parent can drop what belongs to a request it stopped reading."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            args = conn.recv()
+            request_id, args = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
         try:
             for row in produce(*args):
-                conn.send(row)
+                conn.send((request_id, row))
         finally:
-            conn.send(_DONE)
+            conn.send((request_id, _DONE))
 
 
 class IsolatedDecoder:
@@ -57,6 +59,7 @@ class IsolatedDecoder:
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
+        self._request_id = 0
         self.restarts = 0
 
     def _start(self) -> None:
@@ -79,7 +82,9 @@ class IsolatedDecoder:
         """Yield the child's rows; raise DecodeTimeoutError / WorkerCrashError on hang / crash."""
         if self._proc is None or not self._proc.is_alive():
             self._start()
-        self._conn.send(args)
+        self._request_id += 1
+        request_id = self._request_id
+        self._conn.send((request_id, args))
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -92,9 +97,12 @@ class IsolatedDecoder:
                 code = self._proc.exitcode if self._proc else None
                 self._kill()
                 raise errors.WorkerCrashError(f"decoder process died (exit code {code})") from None
-            if isinstance(msg, str) and msg == _DONE:
+            tag, payload = msg
+            if tag != request_id:
+                continue  # left over from a request whose reader stopped early
+            if isinstance(payload, str) and payload == _DONE:
                 return
-            yield msg
+            yield payload
 
     def close(self) -> None:
         self._kill()

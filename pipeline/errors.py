@@ -25,6 +25,8 @@ UndecodableStream   error     the decoder exists but cannot decode this stream a
 DecodeTimeout       timeout   decoding took longer than ``decode.timeout_s``
 TooShort            skipped   fewer frames than one clip spans, with ``short_video = "skip"``
 WorkerCrash         error     the worker processing this video died repeatedly
+ModelError          error     a model failed on a batch holding this video's clips
+Incomplete          error     some of the video's segments never came back from the workers
 ==================  ========  ===================================================================
 """
 

@@ -1,7 +1,8 @@
 """Probing a video's container header (PyAV): duration, fps, frame count, size, codec.
 
 The probe reads headers (and, when the header has no frame count, as in mkv, counts the video
-stream's packets by demuxing) but never decodes. It is the gate before decoding: what it rejects gets a specific ``error_type``:
+stream's packets by demuxing) but never decodes. It is the gate before decoding; what it
+rejects gets a specific ``error_type``:
 
 - zero bytes -> ``EmptyFile``; bytes no demuxer recognises (random data, text) ->
   ``UnrecognizedFormat``; a recognised container signature that FFmpeg cannot parse ->
@@ -26,8 +27,8 @@ from pipeline.records import VideoProbe
 from pipeline.source import Source
 
 # Signatures of containers FFmpeg reads (first bytes), to tell "a damaged video" from "not a video".
-_SIGNATURES = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3",
-               b"0&\xb2u", b"YUV4MPEG2")
+_SIGNATURES = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba",
+               b"\x00\x00\x01\xb3", b"0&\xb2u", b"YUV4MPEG2")
 _ISO_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid",
                         b"styp", b"sidx", b"moof", b"meta", b"pdin"})
 

@@ -371,16 +371,25 @@ def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracke
     for vs in list(videos.values()):
         if vs.num_segments and len(vs.segments_done) >= vs.num_segments:
             collector.finish_video(vs)
+    # Anything still open lost rows on the way (it should not happen): record it, never drop it.
+    for vs in list(videos.values()):
+        missing = vs.num_segments - len(vs.segments_done)
+        vs.error = vs.error or {"status": "error", "error_type": "Incomplete",
+                                "error_message": f"{missing} of {vs.num_segments} segments never "
+                                                 "came back from the workers"}
+        log.error("video %s incomplete: %s", vs.task.video_uri, vs.error["error_message"])
+        collector.finish_video(vs)
 
     ended = time.time()
     statuses = Counter(d.get("status", "ok") for d in failed_or_done)
-    failures = [d for d in failed_or_done if d.get("status", "ok") != "ok"]
+    failures = [d for d in failed_or_done if d.get("status", "ok") in ("error", "timeout")]
     n_videos = len(failed_or_done)
     wall = max(1e-9, ended - t_run)
     summary = {
         "job_id": job_id, "output": redact_uri(spec.output), "mlflow_run_id": run_id,
         "videos": len(listing.tasks), "videos_processed": n_videos,
         "videos_ok": statuses.get("ok", 0), "videos_failed": len(failures),
+        "videos_skipped": statuses.get("skipped", 0),
         "videos_by_status": dict(statuses),
         "failures_by_type": dict(Counter(d.get("error_type") for d in failures)),
         "skipped_files": dict(listing.skipped),

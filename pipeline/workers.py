@@ -133,7 +133,7 @@ class DecodeWorker:
             for out in rows:
                 if not out["ok"]:
                     yield self._error_row(base, out)
-                    return
+                    continue  # the stream ends after an error row; read it to its end
                 emitted += 1
                 yield {**base, **out}
         except errors.VideoError as err:  # timeout or crash of the child process

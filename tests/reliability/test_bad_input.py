@@ -207,17 +207,20 @@ def test_skip_policy_and_error_budget(ray_session, tmp_path):
     make_video(root / "one_frame.mp4", num_frames=1)
     make_video(root / "short.mp4", num_frames=5)
     make_video(root / "good.mp4", num_frames=16)
+    (root / "empty.mp4").write_bytes(b"")
     out = tmp_path / "out"
     result = run_job(tiny_spec(str(root), str(out), sampling={"short_video": "skip"},
-                               max_error_fraction=0.5))
+                               max_error_fraction=0.2))
     rows = {os.path.basename(r["video_uri"]): r for r in read_table(str(out), "videos").to_pylist()}
     for name in ("one_frame.mp4", "short.mp4"):
         assert (rows[name]["status"], rows[name]["error_type"], rows[name]["num_clips"]) == \
             ("skipped", "TooShort", 0)
     assert rows["good.mp4"]["status"] == "ok" and rows["good.mp4"]["num_clips"] == 2
     s = result.summary
-    assert s["videos_by_status"] == {"skipped": 2, "ok": 1}
-    assert s["error_fraction"] == pytest.approx(2 / 3)
+    assert s["videos_by_status"] == {"skipped": 2, "ok": 1, "error": 1}
+    # skipped videos follow the user's policy: they are not failures
+    assert s["videos_failed"] == 1 and s["videos_skipped"] == 2
+    assert s["error_fraction"] == pytest.approx(1 / 4)
     assert s["within_error_budget"] is False and result.exit_code == 1
     job = json.loads((out / "_job.json").read_text())
     assert job["counts"]["within_error_budget"] is False
