@@ -34,11 +34,11 @@ from tests.pipeline.jobs_util import tiny_spec
 
 archive, output = sys.argv[1:3]
 cluster = Cluster(initialize_head=True, head_node_args={
-    "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    "num_cpus": 1, "include_dashboard": False})
 try:
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address=cluster.address, log_to_driver=False)
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     cpus = ray.cluster_resources().get("CPU")
     result = run_job(tiny_spec(archive, output))

@@ -84,3 +84,34 @@ def test_generative_job_without_weights_fails_fast(tmp_path, small_archive):
                                                'models.0.weights=""'])
     with pytest.raises(ModelConfigError, match="needs weights"):
         run_job(spec)
+
+
+def test_weights_from_an_mlflow_model_uri(ray_session, small_archive, tmp_path, isolated_env):
+    from pipeline.tracking import register_weights
+
+    version = register_weights(_checkpoint(tmp_path, "ifnet-v4"), "rife-test", isolated_env,
+                               aliases=["prod"])
+    for uri in (f"models:/rife-test/{version}", "models:/rife-test@prod"):
+        out = tmp_path / f"out-{uri.rsplit('/', 1)[-1]}"
+        spec, _ = load_spec(JOBS / "motion.toml", [
+            f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
+            "sampling.size=[64, 96]", f'models.0.weights="{uri}"'])
+        result = run_job(spec)
+        assert result.summary["videos_ok"] == 1 and result.summary["clips"] > 0
+
+
+def test_pyav_backend_gives_the_same_clips(ray_session, small_archive, tmp_path):
+    rows = {}
+    for backend in ("decord", "pyav"):
+        out = tmp_path / backend
+        spec, _ = load_spec(JOBS / "embed.toml", [
+            f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
+            "sampling.size=[64, 96]", f'decode.backend="{backend}"'])
+        run_job(spec)
+        rows[backend] = sorted((r["clip_index"], r["start_frame"], r["end_frame"], r["feature"])
+                               for r in read_table(str(out), "clips").to_pylist())
+    assert [r[:3] for r in rows["decord"]] == [r[:3] for r in rows["pyav"]]
+    for a, b in zip(rows["decord"], rows["pyav"]):  # same frames decoded, resized by different scalers
+        cos = sum(x * y for x, y in zip(a[3], b[3])) / (
+            sum(x * x for x in a[3]) ** 0.5 * sum(y * y for y in b[3]) ** 0.5)
+        assert cos > 0.95
