@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}, sweep")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("ray", "ray.data", "pipeline"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:////tmp/vmb-bench-mlflow.db")
     suites = [s for s in a.suites if s != "sweep"] or (list(SUITES) if "sweep" not in a.suites else [])
     settings = Settings(quick=a.quick, repeats=1 if a.quick else a.repeats,

@@ -168,6 +168,20 @@ def part_b(settings: Settings) -> dict:
     def bf16_weights():
         return apply_bf16(blocks.create_block("frame-average").eval())
 
+    def fold_bn_fp32():
+        from bench.proto import fold_bn
+
+        m = channels_last()
+        fold_bn(m.encoder)
+        return m
+
+    def bf16_fold_bn():
+        from bench.proto import fold_bn
+
+        m = blocks.create_block("frame-average").eval()
+        fold_bn(m.encoder)
+        return apply_bf16(m)
+
     def jit_freeze():
         m = channels_last()
         with torch.inference_mode(), warnings.catch_warnings():
@@ -192,7 +206,10 @@ def part_b(settings: Settings) -> dict:
                                                       dtype=torch.qint8)
 
     variants = {"eager fp32": eager, "channels_last": channels_last, "bf16 autocast (+cl)": bf16_autocast,
-                "bf16 weights (+cl) [proto]": bf16_weights, "TorchScript freeze (+cl)": jit_freeze,
+                "bf16 weights (+cl) [proto]": bf16_weights,
+                "folded BN fp32 (+cl) [proto]": fold_bn_fp32,
+                "bf16 weights + folded BN (+cl) [proto]": bf16_fold_bn,
+                "TorchScript freeze (+cl)": jit_freeze,
                 "int8 dynamic (spec quantize)": int8_dynamic}
     if not settings.quick:
         variants["torch.compile (+cl)"] = compiled
@@ -221,8 +238,22 @@ def part_b(settings: Settings) -> dict:
                       "max_abs_logit_diff": float((out - ref).abs().max()),
                       "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
                       "build_or_compile_s": build_s[name]}
+    profiles = {name: profile(built[name][0], x)
+                for name in ("channels_last", "bf16 weights + folded BN (+cl) [proto]")}
     return {"input": f"({batch}, {T}, 3, 224, 224) {'random' if settings.quick else 'real decoded clips'}",
-            "threads": 2, "variants": rows}
+            "threads": 2, "variants": rows, "profiles": profiles}
+
+
+def profile(fn: Callable, x: torch.Tensor, top: int = 6) -> list[dict]:
+    """torch.profiler: the operators taking most self CPU time in one forward."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch.inference_mode(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(x)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in events[:top]]
 
 
 def run(settings: Settings) -> dict:

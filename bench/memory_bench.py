@@ -41,12 +41,12 @@ class Sampler(threading.Thread):
         self.peak_driver = 0
         self.peak_store = 0
         self.peak_procs = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         me = self.psutil.Process(os.getpid())
         last_store = 0.0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             procs = [me, *me.children(recursive=True)]
             total = 0
             for p in procs:
@@ -60,10 +60,10 @@ class Sampler(threading.Thread):
             if time.time() - last_store > 1.0:
                 self.peak_store = max(self.peak_store, object_store_bytes())
                 last_store = time.time()
-            self._stop.wait(0.2)
+            self._halt.wait(0.2)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

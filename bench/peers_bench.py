@@ -37,7 +37,7 @@ SPAN = (CLIP_LEN - 1) * INTERVAL + 1
 
 # Best measured settings of the existing spec options (see --sweep and docs/BENCHMARKS.md).
 VMB_SETTINGS = ["models.0.num_cpus=1.25", "models.0.options.channels_last=true"]
-PROTO_SETTINGS = VMB_SETTINGS + ["models.0.options.proto_bf16=true"]
+PROTO_SETTINGS = VMB_SETTINGS + ["models.0.options.proto_bf16=true", "models.0.options.proto_fold_bn=true"]
 
 SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 always)
     "classify.toml as shipped (1 torch thread)": [],
@@ -50,6 +50,9 @@ SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 
     "PROTO bf16 weights, 2 threads": ["models.0.num_cpus=1.25", "models.0.options.proto_bf16=true"],
     "PROTO bf16 weights, 2 threads, batch 16": ["models.0.num_cpus=1.25", "models.0.batch_size=16",
                                                  "models.0.options.proto_bf16=true"],
+    "PROTO bf16 weights + folded BN, 2 threads": ["models.0.num_cpus=1.25",
+                                                   "models.0.options.proto_bf16=true",
+                                                   "models.0.options.proto_fold_bn=true"],
 }
 
 
@@ -206,7 +209,7 @@ def run(settings: Settings) -> dict:
     n_clips = inputs.clips_in(archive)
     repeats = 1 if settings.quick else settings.extra.get("peer_repeats", 1)
     contenders = {"plain loop": ("plain", None), "Ray Data": ("raydata", None),
-                  "vmb": ("vmb", VMB_SETTINGS), "vmb + proto bf16": ("proto", PROTO_SETTINGS)}
+                  "vmb": ("vmb", VMB_SETTINGS), "vmb + proto (bf16, folded BN)": ("proto", PROTO_SETTINGS)}
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     outputs: dict[str, list[dict]] = {}
     loads: dict[str, list[float]] = {k: [] for k in contenders}

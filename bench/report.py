@@ -104,6 +104,10 @@ def blocks_tables(b: dict) -> str:
     out += f"\n\nframe-average (efficientnet-lite0) on CPU, input {fa['input']}\n" + table(
         ["variant", "latency ms", "frames/s", "speed vs eager", "max |logit diff|", "top-1 agree",
          "build/compile s"], rows)
+    for name, ops in fa.get("profiles", {}).items():
+        out += f"\n\nprofile, {name} (torch.profiler, self CPU time of one forward)\n" + table(
+            ["operator", "self CPU ms", "share", "calls"],
+            [[o["op"], o["self_cpu_ms"], f"{o['share']:.0%}", o["calls"]] for o in ops])
     return out
 
 

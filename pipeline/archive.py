@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.records import VideoTask, make_video_id
-from pipeline.uris import filesystem, redact_uri
+from pipeline.uris import filesystem, network_errors, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def list_archive(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
             _list_file(fs, prefix + path, path, listing, uri)
         else:
             raise ArchiveError(f"input {redact_uri(uri)} does not exist")
-    except (OSError, PermissionError) as err:
-        raise ArchiveError(f"cannot list input {redact_uri(uri)}: {err}") from None
+    except (OSError, *network_errors()) as err:
+        raise ArchiveError(f"cannot list input {redact_uri(uri)}: {redact_uri(str(err))}") from None
     if not listing.tasks:
         raise ArchiveError(f"input {redact_uri(uri)} holds no video (skipped: {listing.skipped})")
     return listing

@@ -21,7 +21,8 @@ def _print_summary(result) -> None:
         ("throughput", f"{s['clips_per_s']:.2f} clips/s, {s['videos_per_s']:.2f} videos/s "
                        f"({s['run_s']:.1f} s processing, {s['wall_s']:.1f} s total)"),
         ("tables", f"{s['output']}/clips, {s['output']}/videos"),
-        ("MLflow run", s.get("mlflow_run_id") or f"not tracked ({result.tracking_error})"),
+        ("MLflow run", s.get("mlflow_run_id") or ("not tracked: " + result.tracking_error
+                                                  if result.tracking_error else "tracking disabled")),
     ]
     if result.tracking_error:
         rows.append(("tracking", f"FAILED: {result.tracking_error}"))
@@ -90,14 +91,8 @@ def cmd_similar(args) -> int:
     from pipeline.query import write_result
     from pipeline.similar import similar
 
-    from pipeline.similar import SimilarityError
-
-    try:
-        table = similar(args.output, args.video, args.clip, k=args.k, model=args.model,
-                        storage_options=_storage_options(args))
-    except SimilarityError as err:  # not in errors_cli.USER_ERRORS, which names SimilarError
-        print(f"vmb similar: error: {err}", file=sys.stderr)
-        return 2
+    table = similar(args.output, args.video, args.clip, k=args.k, model=args.model,
+                    storage_options=_storage_options(args))
     print(write_result(table, args.format), end="")
     return 0
 
@@ -111,9 +106,10 @@ def cmd_blocks(args) -> int:
 
 def cmd_submit(args) -> int:
     from pipeline.spec import load_spec
-    from pipeline.submit import submit
+    from pipeline.submit import check_cluster_paths, submit
 
-    load_spec(args.spec, args.set)  # validate locally before uploading anything
+    spec, _ = load_spec(args.spec, args.set)  # validate locally before uploading anything
+    check_cluster_paths(spec)
     job_id = submit(args.spec, args.address, args.set, args.working_dir, args.token)
     print(job_id)
     return 0
@@ -142,6 +138,16 @@ def cmd_stop(args) -> int:
 
 def _storage_options(args) -> dict:
     return getattr(args, "storage_options", None) or {}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _json_object(text: str) -> dict:
@@ -205,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", required=True)
     m.add_argument("--video", required=True)
     m.add_argument("--clip", type=int, required=True)
-    m.add_argument("-k", type=int, default=10)
+    m.add_argument("-k", type=_positive_int, default=10, help="how many clips (default 10)")
     m.add_argument("--model", default=None)
     m.add_argument("--format", choices=["table", "csv", "json"], default="table")
     m.add_argument("--storage-options", type=_json_object, default=None,

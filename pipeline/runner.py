@@ -187,7 +187,9 @@ def _init_ray(spec: JobSpec, address: str | None):
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory,
+        # "local": start a fresh instance rather than join whatever cluster /tmp/ray points at
+        ray.init(address="local", num_cpus=spec.ray.num_cpus,
+                 object_store_memory=spec.ray.object_store_memory,
                  include_dashboard=False, log_to_driver=False)
     return ray
 

@@ -18,10 +18,11 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.media import safe_path_segment, write_bytes_atomic
 from pipeline.tables import CLIPS_DIR, JOB_FILE, VIDEOS_DIR, VIDEOS_SCHEMA, clips_schema
-from pipeline.uris import filesystem, join, with_retries
+from pipeline.uris import filesystem, join, redact_uri, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,26 @@ class TableSink:
         self.storage_options = dict(storage_options or {})
 
     def check_writable(self) -> None:
-        """Raise ``OSError`` now (before any work) if the output cannot be written."""
+        """Raise ``OSError`` now (before any work) if the output cannot be written.
+
+        Leaves nothing behind: the probe file is removed, and so are the local folders that
+        writing it created, so a job that fails before it starts leaves no output.
+        """
+        fs, root = filesystem(self.output, self.storage_options)
+        created: list[str] = []
+        if isinstance(fs, LocalFileSystem):
+            parent = root.rstrip("/")
+            while parent and not fs.exists(parent):
+                created.append(parent)  # deepest first
+                parent = parent.rsplit("/", 1)[0]
         probe = join(self.output, "_write_check")
-        write_bytes_atomic(probe, b"ok", self.storage_options)
-        fs, path = filesystem(probe, self.storage_options)
-        fs.rm(path)
+        try:
+            write_bytes_atomic(probe, b"ok", self.storage_options)
+            fs.rm(filesystem(probe, self.storage_options)[1])
+        finally:
+            for folder in created:
+                if fs.exists(folder) and not fs.ls(folder):
+                    fs.rmdir(folder)
 
     def state(self) -> OutputState:
         state = OutputState()
@@ -103,7 +119,8 @@ class TableSink:
         self._publish(uri, _to_parquet_bytes(table))
 
     def _publish(self, uri: str, data: bytes) -> None:
-        with_retries(lambda: write_bytes_atomic(uri, data, self.storage_options), f"writing {uri}")
+        with_retries(lambda: write_bytes_atomic(uri, data, self.storage_options),
+                     f"writing {redact_uri(uri)}")
 
     def write_video(self, row: dict[str, Any]) -> None:
         table = pa.Table.from_pylist([row], schema=VIDEOS_SCHEMA)

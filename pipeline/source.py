@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from pipeline import errors
 from pipeline.records import VideoTask
-from pipeline.uris import filesystem, redact_uri
+from pipeline.uris import filesystem, network_errors, redact_uri, with_retries
 
 Source = str | io.BytesIO
 
@@ -43,7 +43,8 @@ def read_source(task: VideoTask, storage_options: Mapping[str, Any] | None = Non
     try:
         if task.container == "tar":
             start = int(task.data_offset or 0)
-            data = fs.cat_file(path, start=start, end=start + task.size) if task.size else b""
+            data = with_retries(lambda: fs.cat_file(path, start=start, end=start + task.size),
+                                f"reading {uri}") if task.size else b""
             if len(data) < task.size:
                 raise errors.TruncatedError(
                     f"tar member {uri} holds {len(data)} of its {task.size} bytes (the shard is cut)")
@@ -54,20 +55,23 @@ def read_source(task: VideoTask, storage_options: Mapping[str, Any] | None = Non
                 raise errors.EmptyFileError("zero-byte file")
             return path
         else:
-            data = fs.cat_file(path)
+            data = with_retries(lambda: fs.cat_file(path), f"reading {uri}")
     except errors.VideoError:
         raise
-    except (OSError, KeyError, EOFError) as err:
-        raise errors.SourceReadError(f"cannot read {uri}: {err}") from None
+    except (OSError, KeyError, EOFError, *network_errors()) as err:
+        raise errors.SourceReadError(f"cannot read {uri}: {redact_uri(str(err))}") from None
     if not data:
         raise errors.EmptyFileError("zero-byte file")
     return io.BytesIO(data)
 
 
 def _read_zip_member(fs, path: str, member: str, uri: str) -> bytes:
-    try:
+    def read() -> bytes:
         with fs.open(path, "rb") as f, zipfile.ZipFile(f) as zf:
             return zf.read(member)
+
+    try:
+        return with_retries(read, f"reading {uri}")
     # zipfile raises BadZipFile (bad CRC, bad header), zlib.error (corrupt deflate data),
     # NotImplementedError (unknown compression) and RuntimeError (encrypted member).
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:

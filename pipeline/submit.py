@@ -91,6 +91,21 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def check_cluster_paths(spec) -> None:
+    """Refuse relative local paths in a spec bound for a cluster: the job would resolve them in
+    its unpacked working dir there, and its tables would vanish with it.
+
+    Raises:
+        SubmitError: ``input`` or ``output`` is a relative path.
+    """
+    for key in ("input", "output"):
+        value = str(getattr(spec, key))
+        if "://" not in value and not Path(value).is_absolute():
+            raise SubmitError(f"{key} = {value!r} is a relative path, which the job would resolve "
+                              f"in its temporary working dir on the cluster; use an absolute path "
+                              f"or a URI the cluster can reach (--set {key}=...)")
+
+
 def submit(spec_path: str, address: str | None, overrides: list[str] | None = None,
            working_dir: str | None = None, token: str | None = None) -> str:
     """Submit ``vmb run spec_path`` to the cluster; returns the Ray job id.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -53,17 +54,59 @@ def redact(value: Any) -> Any:
     return value
 
 
+# Definite answers: retrying cannot change them.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        FileExistsError)
+
+
+@functools.cache
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the object-store and HTTP clients under fsspec that are NOT ``OSError``s:
+    botocore's connection and HTTP-client errors (s3fs lets them through once its own and
+    botocore's retries are spent: endpoint unreachable, connection closed) and aiohttp's
+    (server disconnected, payload cut, HTTP error statuses from fsspec's HTTP filesystem).
+    Use it in ``except`` clauses next to ``OSError``; :func:`is_transient` says which to retry.
+    """
+    found: list[type[BaseException]] = []
+    try:
+        from botocore import exceptions as botocore_errors
+
+        found += [botocore_errors.ConnectionError, botocore_errors.HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        found += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                  aiohttp.ClientResponseError]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether retrying may help: I/O errors other than a missing or forbidden path, timeouts,
+    lost connections and 5xx/429 answers (``SlowDown``, ``ServiceUnavailable``)."""
+    if isinstance(err, _PERMANENT_OS_ERRORS):
+        return False
+    status = getattr(err, "status", None)  # aiohttp.ClientResponseError: an HTTP answer
+    if isinstance(status, int) and isinstance(err, network_errors()):
+        return status >= 500 or status == 429
+    return isinstance(err, (OSError, TimeoutError) + network_errors())
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay_s: float = 0.5) -> T:
-    """Call ``fn``, retrying transient I/O errors (``OSError``: connection resets, 5xx from object
-    stores, timeouts) with exponential backoff and jitter; the last error propagates."""
+    """Call ``fn``, retrying transient I/O errors (:func:`is_transient`: connection resets and
+    refusals, 5xx from object stores, timeouts) with exponential backoff and jitter; the last
+    error propagates. ``what`` and the errors are logged redacted."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except (OSError, TimeoutError) as err:
-            if attempt == attempts or isinstance(err, (FileNotFoundError, PermissionError,
-                                                       IsADirectoryError, NotADirectoryError)):
+        except (OSError, TimeoutError, *network_errors()) as err:
+            if attempt == attempts or not is_transient(err):
                 raise
             delay = base_delay_s * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s failed (%s); retry %d/%d in %.1f s", what, err, attempt, attempts - 1, delay)
+            log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", redact_uri(what),
+                        type(err).__name__, redact_uri(str(err)), attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

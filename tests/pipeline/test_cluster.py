@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
@@ -54,13 +57,20 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="vmb-cluster-")  # short: Ray's unix sockets live below it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_", "RAY_ADDRESS"))}
     env |= {"RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    # own process group: on a timeout, the cluster's daemons are killed with the driver
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, tiny_archive, str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-c", DRIVER, tiny_archive, str(out)], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=300)
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"the cluster job did not finish in 300 s:\n{stdout}\n{stderr[-5000:]}")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-5000:]}"
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"stdout:\n{stdout}\nstderr:\n{stderr[-5000:]}"
     report = json.loads(lines[-1].removeprefix("RESULT "))
     assert report["nodes"] == 2 and report["cpus"] == 2.0
 

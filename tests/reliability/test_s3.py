@@ -19,8 +19,8 @@ from tests.pipeline.conftest import free_port, s3_server  # noqa: F401 (a fixtur
 from tests.pipeline.jobs_util import tiny_spec
 from tests.videos import make_tar, make_video
 
-FRAMES = 24  # tiny sampling (4 frames every 2nd, non-overlapping): 3 clips per video
-CLIPS_PER_VIDEO = 3
+FRAMES, CLIPS_PER_VIDEO = 24, 3  # tiny sampling: 4 frames every 2nd, non-overlapping
+LONG_FRAMES, LONG_CLIPS = 60, 8
 _SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
 
@@ -33,12 +33,12 @@ def _upload(storage_options: dict[str, Any], local: Path, uri: str) -> None:
 
 
 def _make_archive(tmp: Path, bucket: str, storage_options: dict[str, Any], n_plain: int,
-                  n_tar: int) -> str:
+                  n_tar: int, frames: int = FRAMES) -> str:
     """``n_plain`` videos as objects and ``n_tar`` more in ``shard.tar``, under one prefix."""
     for i in range(n_plain):
-        video = Path(make_video(tmp / f"v{i:02d}.mp4", num_frames=FRAMES, seed=i))
+        video = Path(make_video(tmp / f"v{i:02d}.mp4", num_frames=frames, seed=i))
         _upload(storage_options, video, f"{bucket}/archive/{video.name}")
-    members = {f"t{i:02d}.mp4": make_video(tmp / f"t{i:02d}.mp4", num_frames=FRAMES, seed=50 + i)
+    members = {f"t{i:02d}.mp4": make_video(tmp / f"t{i:02d}.mp4", num_frames=frames, seed=50 + i)
                for i in range(n_tar)}
     if members:
         _upload(storage_options, Path(make_tar(tmp / "shard.tar", members)),
@@ -46,7 +46,8 @@ def _make_archive(tmp: Path, bucket: str, storage_options: dict[str, Any], n_pla
     return f"{bucket}/archive/"
 
 
-def _assert_complete(output: str, storage_options: dict[str, Any], n_videos: int) -> None:
+def _assert_complete(output: str, storage_options: dict[str, Any], n_videos: int,
+                     clips_per_video: int = CLIPS_PER_VIDEO) -> None:
     """Exactly one clips row per (video_id, clip_index, model) and every video ok, read back
     from S3 through the query layer."""
     repeated = query(output, "select video_id, clip_index, model, count(*) as n from clips "
@@ -54,7 +55,7 @@ def _assert_complete(output: str, storage_options: dict[str, Any], n_videos: int
     assert repeated.num_rows == 0, f"repeated clip rows: {repeated.to_pylist()}"
     clips = query(output, "select count(*) as n, count(distinct video_id) as videos from clips",
                   storage_options).to_pylist()[0]
-    assert clips == {"n": n_videos * CLIPS_PER_VIDEO, "videos": n_videos}
+    assert clips == {"n": n_videos * clips_per_video, "videos": n_videos}
     videos = query(output, "select status, error_type, error_message, video_uri from videos",
                    storage_options).to_pylist()
     assert len(videos) == n_videos
@@ -113,9 +114,13 @@ class FlakyS3:
     def _app(self, environ, start_response):
         if self.mode == "5xx":
             self.failed_requests += 1
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            if length:
+                environ["wsgi.input"].read(length)  # leave the kept-alive connection clean
+            body = b"" if environ["REQUEST_METHOD"] == "HEAD" else _SLOWDOWN
             start_response("503 Slow Down", [("Content-Type", "application/xml"),
-                                             ("Content-Length", str(len(_SLOWDOWN)))])
-            return [_SLOWDOWN]
+                                             ("Content-Length", str(len(body)))])
+            return [body]
         return self._moto(environ, start_response)
 
     def start(self) -> None:
@@ -204,10 +209,12 @@ def _outage_when_clips_appear(server: FlakyS3, bucket: str, kind: str, seconds: 
 @pytest.mark.parametrize("kind", ["5xx", "down"])
 def test_s3_outage_mid_job_is_retried_and_tables_are_complete(ray_session, flaky_s3, tmp_path,
                                                               kind):
-    opts = flaky_s3.storage_options
+    # botocore's retries off (they alone outlast a 2 s outage): the job's own must carry it.
+    opts = {**flaky_s3.storage_options,
+            "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}
     bucket = _make_bucket(flaky_s3, f"vmb-rel-outage-{kind}")
-    n_videos = 8
-    archive = _make_archive(tmp_path, bucket, opts, n_plain=6, n_tar=2)
+    n_videos = 4
+    archive = _make_archive(tmp_path, bucket, opts, n_plain=3, n_tar=1, frames=LONG_FRAMES)
     output = f"{bucket}/out"
     done = threading.Event()
     events: list[str] = []
@@ -224,4 +231,4 @@ def test_s3_outage_mid_job_is_retried_and_tables_are_complete(ray_session, flaky
     if kind == "5xx":
         assert flaky_s3.failed_requests > 0, "no request was answered with 503"
     assert result.summary["videos_ok"] == n_videos, result.failed
-    _assert_complete(output, opts, n_videos)
+    _assert_complete(output, opts, n_videos, LONG_CLIPS)

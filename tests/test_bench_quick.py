@@ -1,0 +1,50 @@
+"""The benchmark suite must keep running: ``python -m bench --quick`` end to end in a subprocess.
+
+No timing is asserted (performance is a benchmark, not a test); what is checked is that every
+suite ran, produced its ratio tables and result files with the machine record, and that the
+contenders agreed on what the clips show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_quick_runs_every_suite(tmp_path):
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    for heading in ("Decode, every frame", "Sparse sampling", "Overlap", "Peers:", "Memory:",
+                    "Blocks:", "frame-average (efficientnet-lite0) on CPU", "Scaling on paper"):
+        assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
+    results = REPO / "bench" / "results"
+    for name in ("decode", "blocks", "overlap", "memory", "peers"):
+        doc = json.loads((results / f"quick-{name}.json").read_text())
+        assert doc["mode"] == "quick"
+        assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"]
+        assert "bench" in doc["command"] and doc["versions"]["torch"]
+    peers = json.loads((results / "quick-peers.json").read_text())["contenders"]
+    for name, row in peers.items():
+        assert row["clips"] == peers["plain loop"]["clips"] > 0, name
+        if "proto" not in name:  # fp32 on the same pixels with the same weights: same top-1
+            assert row["top1_agreement"] == 1.0, name
+    decode = json.loads((results / "quick-decode.json").read_text())
+    assert all(r["proto_identical_frames"] for r in decode["sparse"])
+    blocks = json.loads((results / "quick-blocks.json").read_text())
+    import blocks as registry
+
+    assert {r["name"] for r in blocks["models"]} == set(registry.list_blocks())
