@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors_cli import USER_ERRORS
+    from pipeline.errors_cli import is_user_error
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         return args.fn(args)
-    except USER_ERRORS as err:
+    except Exception as err:  # noqa: BLE001 - request errors become one message, bugs propagate
+        if not is_user_error(err):
+            raise
         print(f"vmb {args.command}: error: {err}", file=sys.stderr)
         return 2
 
