@@ -90,7 +90,7 @@ def measure(archive: Path, tmp: Path) -> dict:
     try:
         t0 = time.perf_counter()
         result = run_job(job_spec(archive, tmp / archive.name,
-                                  {"num_cpus": 1.25, "options": {"channels_last": True}}))
+                                  {"num_cpus": 1.0, "options": {"channels_last": True}}))
         wall = time.perf_counter() - t0
     finally:
         sampler.stop()

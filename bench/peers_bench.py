@@ -19,6 +19,7 @@ fp32 model on the same pixels).
 from __future__ import annotations
 
 import argparse
+import re
 import io
 import json
 import shutil
@@ -36,8 +37,11 @@ CLIP_LEN, INTERVAL, SIZE, BATCH = 8, 4, 224, 8
 SPAN = (CLIP_LEN - 1) * INTERVAL + 1
 
 # Best measured settings of the existing spec options (see --sweep and docs/BENCHMARKS.md).
-VMB_SETTINGS = ["models.0.num_cpus=1.25", "models.0.options.channels_last=true"]
-PROTO_SETTINGS = VMB_SETTINGS + ["models.0.options.proto_bf16=true", "models.0.options.proto_fold_bn=true"]
+# jobs/classify.toml as shipped (1 model actor with 1 torch thread, channels_last, batch 8) was
+# the best measured: 2 torch threads next to the decode actor on 2 cores oversubscribe them.
+VMB_SETTINGS: list[str] = []
+PROTO_SETTINGS = ["models.0.num_cpus=1.25", "models.0.batch_size=16",
+                  "models.0.options.proto_bf16=true", "models.0.options.proto_fold_bn=true"]
 
 SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 always)
     "classify.toml as shipped (1 torch thread)": [],
@@ -192,7 +196,14 @@ def run_contender(kind: str, archive: Path, work: Path, overrides: list[str] | N
     output = work / "out"
     shutil.rmtree(output, ignore_errors=True)
     wall, proc = run_logged(vmb_command(archive, output, overrides or [], kind == "proto"), timeout, env)
+    m = re.search(r"\(([\d.]+) s processing, ([\d.]+) s total\)", proc.stdout)
+    if m:  # where the process's time went: run_job's streaming part, run_job in all, the rest
+        TIMINGS.append({"processing_s": float(m.group(1)), "run_job_s": float(m.group(2)),
+                        "process_s": wall})
     return wall, read_vmb(output)
+
+
+TIMINGS: list[dict] = []
 
 
 def agreement(rows: list[dict], ref: list[dict]) -> tuple[float, int]:
@@ -213,6 +224,7 @@ def run(settings: Settings) -> dict:
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     outputs: dict[str, list[dict]] = {}
     loads: dict[str, list[float]] = {k: [] for k in contenders}
+    timings: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="vmb-peers-") as tmp:
         for r in range(repeats):
             for name, (kind, overrides) in contenders.items():
@@ -220,8 +232,11 @@ def run(settings: Settings) -> dict:
 
                 log(f"peers: {name} on {n_clips} clips (round {r + 1}/{repeats})")
                 loads[name].append(round(os.getloadavg()[0], 2))
+                TIMINGS.clear()
                 wall, rows = run_contender(kind, archive, Path(tmp) / f"{kind}-{r}", overrides)
                 walls[name].append(wall)
+                if TIMINGS:
+                    timings.setdefault(name, []).append(dict(TIMINGS[-1]))
                 outputs[name] = rows
     ref = outputs["plain loop"]
     table = {}
@@ -232,7 +247,7 @@ def run(settings: Settings) -> dict:
                        "clips": clips, "clips_per_s": clips / median(walls[name]),
                        "spread": spread(walls[name]), "top1_agreement": agree,
                        "compared": compared, "load": loads[name],
-                       "settings": contenders[name][1]}
+                       "settings": contenders[name][1], "timings": timings.get(name, [])}
     base = table["plain loop"]["clips_per_s"]
     ray_base = table["Ray Data"]["clips_per_s"]
     for name in contenders:

@@ -50,6 +50,8 @@ class ArchiveListing:
 
 
 def is_video_name(name: str) -> bool:
+    if "://" in name:  # a URL: the extension is the path's, before ?query (signed URLs)
+        name = name.split("?", 1)[0].split("#", 1)[0]
     return posixpath.splitext(name.lower())[1] in VIDEO_EXTENSIONS
 
 
@@ -246,7 +248,7 @@ def _list_manifest(fs, path: str, prefix: str, listing: ArchiveListing,
             eprefix = "" if eprefix == "file://" else eprefix
         else:
             efs, epath, eprefix = fs, entry if entry.startswith("/") else posixpath.join(base, entry), prefix
-        full = eprefix + epath
+        full = epath if "://" in epath else eprefix + epath  # http(s) paths are whole URLs
         if not efs.exists(epath):
             listing.tasks.append(VideoTask(make_video_id(full, "", 0), full, full, 0, label=label,
                                            problem=f"SourceRead: {redact_uri(full)} does not exist"))

@@ -153,7 +153,8 @@ class _Collector:
 
     def _clip_row(self, r: dict[str, Any], key: str, res) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "video_id": str(r["video_id"]), "video_uri": str(r["video_uri"]),
+            "job_id": self.job_id, "video_id": str(r["video_id"]),
+            "video_uri": redact_uri(str(r["video_uri"])),
             "clip_index": int(r["clip_index"]), "start_frame": int(r["start_frame"]),
             "end_frame": int(r["end_frame"]), "start_s": float(r["start_s"]), "end_s": float(r["end_s"]),
             "model": key, "model_version": self.versions.get(key, ""),
@@ -163,9 +164,10 @@ class _Collector:
 
     def finish_video(self, state: _VideoState) -> None:
         p = state.probe
-        err = state.error or {}
+        err = redact(state.error or {})  # messages may quote a URI with its credentials
+        video_uri = redact_uri(state.task.video_uri)
         self.sink.write_video({
-            "video_id": state.task.video_id, "video_uri": state.task.video_uri,
+            "video_id": state.task.video_id, "video_uri": video_uri,
             "bytes": state.task.size,
             "duration_s": p.duration_s if p else None, "fps": p.fps if p else None,
             "num_frames": p.num_frames if p else None, "width": p.width if p else None,
@@ -175,7 +177,7 @@ class _Collector:
             "decode_s": state.decode_s, "infer_s": state.infer_s,
         })
         self.videos.pop(state.task.video_id, None)
-        self.finished.append(err | {"video_id": state.task.video_id, "video_uri": state.task.video_uri})
+        self.finished.append(err | {"video_id": state.task.video_id, "video_uri": video_uri})
 
 
 def _init_ray(spec: JobSpec, address: str | None):

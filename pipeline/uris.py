@@ -18,13 +18,34 @@ _QUERY_SECRET = re.compile(
     r"(?P<k>[?&](?:[^=&\s]*(?:signature|secret|token|password|key|credential)[^=&\s]*))=(?P<v>[^&\s]*)",
     re.IGNORECASE,
 )
+# user:secret@ without a scheme, as clients quote a path in their errors ("bucket name
+# "KEY:SECRET@bucket" is invalid").
+_BARE_USERINFO = re.compile(r"(?<![\w/:@.+%-])[\w.+%-]+:[^\s/@\"']+@(?=[\w.-])")
+# Object stores whose fsspec filesystems take credentials only from storage_options: in their
+# URIs a user:secret@ would be read as part of the bucket name (and echoed in errors).
+_NO_USERINFO_PROTOCOLS = frozenset({"s3", "s3a", "s3n", "gs", "gcs"})
 REDACTED = "***"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class CredentialsInURIError(PermissionError):
+    """An object-store URI carries ``user:secret@``, which its filesystem cannot use."""
+
+
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and in-filesystem path for ``uri``."""
+    """The filesystem and in-filesystem path for ``uri``.
+
+    Raises:
+        CredentialsInURIError: ``s3://KEY:SECRET@bucket/...`` (or gs://): credentials go in
+            ``storage_options`` (``key``, ``secret``, ``token``), never in the URI.
+    """
+    match = _USERINFO.match(uri)
+    protocol = match["scheme"][:-3].lower() if match else ""
+    if match and ":" in match["userinfo"] and protocol in _NO_USERINFO_PROTOCOLS:
+        raise CredentialsInURIError(
+            f"{redact_uri(uri)}: credentials in an {match['scheme']} URI are not supported; "
+            "give them in storage_options (key, secret, token) or the environment")
     return url_to_fs(uri, **dict(storage_options or {}))
 
 
@@ -39,6 +60,7 @@ def join(base: str, *parts: str) -> str:
 def redact_uri(uri: str) -> str:
     """Hide user:password@ and secret-looking query parameters (signed URLs) in a URI."""
     uri = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", uri)
+    uri = _BARE_USERINFO.sub(f"{REDACTED}@", uri)
     return _QUERY_SECRET.sub(lambda m: f"{m['k']}={REDACTED}", uri)
 
 

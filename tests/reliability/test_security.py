@@ -125,13 +125,16 @@ def test_uri_credentials_and_unsafe_member_names(ray_session, tmp_path, http_fil
     result = run_job(tiny_spec(str(manifest), str(out),
                                mlflow={"enabled": True, "tracking_uri": tracking}))
 
-    videos = {v["video_uri"].rsplit("/", 1)[-1]: v for v in read_table(str(out), "videos").to_pylist()}
-    assert len(videos) == 10, sorted(videos)
-    ok = sorted(k for k, v in videos.items() if v["status"] == "ok")
-    assert ok == ["evil.tar#fine/inner.mp4", "evil.zip#inner.mp4", "v0.mp4?X-Amz-Signature=***&"
-                  "X-Amz-Credential=***"], ok
-    unsafe = [v for v in videos.values() if v["error_type"] == "UnsafeMemberName"]
-    assert len(unsafe) == 5, [(k, v["error_type"]) for k, v in videos.items()]
+    rows = read_table(str(out), "videos").to_pylist()
+    names = {(v["video_uri"].split("#", 1)[1] if "#" in v["video_uri"]
+              else v["video_uri"].rsplit("/", 1)[-1]): v for v in rows}
+    assert len(rows) == len(names) == 9, [(v["video_uri"], v["error_type"]) for v in rows]
+    ok = sorted(k for k, v in names.items() if v["status"] == "ok")
+    assert ok == ["fine/inner.mp4", "inner.mp4", "v0.mp4?X-Amz-Signature=***&X-Amz-Credential=***"]
+    unsafe = sorted(k for k, v in names.items() if v["error_type"] == "UnsafeMemberName")
+    assert unsafe == sorted(["../escape-tar.mp4", "../../escape-tar2.mp4", str(abs_target),
+                             "../escape-zip.mp4", "a/../../escape-zip2.mp4"]), unsafe
+    assert names["gone.mp4?X-Amz-Signature=***&X-Amz-Credential=***"]["error_type"] == "SourceRead"
 
     secrets = (HTTP_PASSWORD, SIGNATURE, CREDENTIAL)
     _assert_clean(caplog.text, secrets, "the job's log")
@@ -277,7 +280,8 @@ BAD_SPECS = {
     "model needs weights": ('input = "{archive}"\noutput = "{out}"\n[[models]]\nname = "ifnet-v4"\n'
                             'task = "motion"\n', "needs weights"),
     "missing input": ('input = "{archive}/nothing-here"\noutput = "{out}"\n', "does not exist"),
-    "unreachable http input": ('input = "http://127.0.0.1:{port}/a.mp4"\noutput = "{out}"\n', "input"),
+    "unreachable http input": ('input = "http://127.0.0.1:{port}/a.mp4"\noutput = "{out}"\n',
+                               "input"),
     "unreachable s3 input": (
         'input = "s3://bucket/videos/"\noutput = "{out}"\n[storage_options]\nkey = "k"\n'
         'secret = "s"\nconfig_kwargs = {{ retries = {{ max_attempts = 1 }} }}\n'
@@ -305,8 +309,9 @@ def test_bad_spec_is_one_clear_error_before_ray(case, small_archive, tmp_path, m
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     text = template.format(archive=small_archive, out=out, file=blocker, port=free_port())
-    if "[[models]]" not in text and "models =" not in text:
-        text = text.replace("\n[", _DEFAULT_MODEL + "\n[", 1) if "\n[" in text else text + _DEFAULT_MODEL
+    if "[[models]]" not in text and "models =" not in text:  # sections after the defaults
+        head, sep, tail = text.partition("\n[")
+        text = head + _DEFAULT_MODEL + sep + tail
     spec = tmp_path / "job.toml"
     spec.write_text(text)
     monkeypatch.setattr(runner_module, "_init_ray", _no_ray)

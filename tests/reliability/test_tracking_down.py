@@ -144,8 +144,8 @@ def test_server_killed_mid_job_job_finishes_and_reports(ray_session, tmp_path):
     assert (out / "_job.json").is_file()
 
 
-def test_fail_fast_with_server_down_fails_before_writing(ray_session, tmp_path, unused_port, cli_main,
-                                                         capsys, monkeypatch):
+def test_fail_fast_with_server_down_fails_before_writing(ray_session, tmp_path, unused_port,
+                                                         cli_main, capsys, monkeypatch):
     archive = _archive(tmp_path / "in", 1)
     out = tmp_path / "out"
     uri = f"http://127.0.0.1:{unused_port}"
@@ -174,7 +174,7 @@ def test_fail_fast_happens_before_ray_starts(tmp_path, unused_port, monkeypatch)
 
     monkeypatch.setattr(runner_module, "_init_ray", no_ray)
     archive = _archive(tmp_path / "in", 1)
+    uri = f"http://127.0.0.1:{unused_port}"
     with pytest.raises(TrackingUnavailableError):
         run_job(tiny_spec(str(archive), str(tmp_path / "out"),
-                          mlflow={"enabled": True, "tracking_uri": f"http://127.0.0.1:{unused_port}",
-                                  "fail_fast": True}))
+                          mlflow={"enabled": True, "tracking_uri": uri, "fail_fast": True}))
