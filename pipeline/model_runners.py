@@ -92,6 +92,16 @@ def check_model_spec(spec: ModelSpec) -> None:
             f"model URI (models:/name/version). Official checkpoint: {info.official_checkpoint or 'n/a'}")
 
 
+def check_weights(spec: ModelSpec, tracking_uri: str | None) -> None:
+    """Load the model's checkpoint once on the driver, strictly and safely, so that a missing file,
+    a pickle carrying code or mismatched keys fail the job before any Ray work."""
+    weights = resolve_weights(spec.weights, tracking_uri)
+    config = dict(spec.config)
+    if spec.name in FRAME_FEATURE_HEADS:
+        config.setdefault("vision_dim", 1280)
+    blocks.create_block(spec.name, weights=weights, **config)
+
+
 def resolve_weights(weights: str | None, tracking_uri: str | None) -> str | None:
     if weights and weights.startswith(("models:/", "runs:/")):
         from pipeline.tracking import resolve_model_uri

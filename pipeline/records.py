@@ -8,8 +8,11 @@ from typing import Any
 
 
 def make_video_id(archive_uri: str, member: str, size: int) -> str:
-    """Stable id: hash of archive URI + member path + size, so re-runs are idempotent."""
-    digest = hashlib.sha256(f"{archive_uri}\0{member}\0{size}".encode()).hexdigest()
+    """Stable id: hash of archive URI + member path + size, so re-runs are idempotent. The URI is
+    taken without credentials or signing parameters (see ``uris.canonical_uri``)."""
+    from pipeline.uris import canonical_uri
+
+    digest = hashlib.sha256(f"{canonical_uri(archive_uri)}\0{member}\0{size}".encode()).hexdigest()
     return digest[:20]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from pipeline import errors
 from pipeline.archive import list_archive
-from pipeline.model_runners import check_model_spec, infer_task
+from pipeline.model_runners import check_model_spec, check_weights, infer_task
 from pipeline.records import SegmentTask, VideoProbe, VideoTask
 from pipeline.sampling import plan_clips, split_segments
 from pipeline.sink import TableSink
@@ -213,6 +213,8 @@ def validate(spec: JobSpec) -> TableSink:
     """Every check that needs no Ray: models and weights, output access, job identity."""
     for model in spec.models:
         check_model_spec(model)
+        if model.weights:
+            check_weights(model, spec.mlflow.tracking_uri)
     sink = TableSink(spec.output, spec.storage_options)
     try:
         sink.check_writable()
@@ -238,8 +240,11 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
     tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment,
                          spec.mlflow.run_name or job_id, fail_fast=spec.mlflow.fail_fast) \
         if spec.mlflow.enabled else None
+    # Tracking first: with mlflow.fail_fast an unreachable server fails the job before Ray starts.
+    run_id = tracker.start(redact(spec.model_dump()), {"job_id": job_id}) if tracker else None
     ray = _init_ray(spec, address)
-    run_id = tracker.start(redact(spec.model_dump()), runtime_tags() | {"job_id": job_id}) if tracker else None
+    if tracker:
+        tracker.set_tags(runtime_tags())
     sink.write_job(_job_doc(spec, job_id, run_id, started, None, None))
     try:
         result = _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracker, spec_text)

@@ -26,6 +26,9 @@ from pipeline.uris import filesystem, join, redact_uri, with_retries
 
 log = logging.getLogger(__name__)
 
+# Failures that say more about the moment than about the video: retried when a job is resumed.
+RETRY_ON_RESUME = frozenset({"SourceRead", "WorkerCrash", "Incomplete", "ModelError"})
+
 _CLIP_FILE = re.compile(r"^(?P<video>[0-9a-f]+)-(?P<seg>\d{5})-(?P<model>[A-Za-z0-9._-]+)\.parquet$")
 _VIDEO_FILE = re.compile(r"^(?P<video>[0-9a-f]+)\.parquet$")
 
@@ -96,7 +99,21 @@ class TableSink:
                     state.segments.add((m["video"], int(m["seg"]), m["model"]))
                 else:
                     state.videos.add(m["video"])
+        state.videos -= self._retryable_failures(fs, f"{root}/{VIDEOS_DIR}", bool(state.videos))
         return state
+
+    def _retryable_failures(self, fs, path: str, any_videos: bool) -> set[str]:
+        """Videos whose recorded failure may have been transient: a resume processes them again
+        (their row is overwritten under the same name, so nothing is duplicated)."""
+        if not any_videos:
+            return set()
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(path, format="parquet", filesystem=fs,
+                             exclude_invalid_files=True).to_table(columns=["video_id", "error_type"])
+        return {vid for vid, et in zip(table.column("video_id").to_pylist(),
+                                       table.column("error_type").to_pylist())
+                if et in RETRY_ON_RESUME}
 
     def write_segment(self, video_id: str, segment_index: int, model_key: str,
                       rows: list[dict[str, Any]]) -> None:

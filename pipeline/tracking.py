@@ -294,6 +294,16 @@ class JobTracker:
             )
             return self.run_id
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Add run tags (values redacted). A no-op once tracking has failed."""
+        from mlflow.entities import RunTag
+
+        def call() -> None:
+            batch = [RunTag(_clean_key(str(k)), str(redact(v))[:5000]) for k, v in tags.items()]
+            self._client.log_batch(self.run_id, tags=batch)
+
+        self._guarded("set_tags", call)
+
     def log_metrics(self, metrics: Mapping[str, float | None], step: int | None = None) -> None:
         """Log numeric metrics (at ``step`` when given). A no-op once tracking has failed.
 

@@ -132,3 +132,21 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay_s
                         type(err).__name__, redact_uri(str(err)), attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+_SIGNING_PARAM = re.compile(r"^(x-amz-|x-goog-|signature$|sig$|se$|sp$|sv$|st$|token$|expires$|"
+                            r"key-pair-id$|policy$)", re.IGNORECASE)
+
+
+def canonical_uri(uri: str) -> str:
+    """``uri`` without credentials or URL-signing parameters: the identity of the object, so an
+    id hashed from it survives re-signed URLs and rotated credentials."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not parts.scheme or "://" not in uri:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if not _SIGNING_PARAM.match(k)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

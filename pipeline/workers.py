@@ -23,6 +23,7 @@ from pipeline.probe import probe_video
 from pipeline.records import SegmentTask, VideoProbe, VideoTask
 from pipeline.source import read_source
 from pipeline.spec import DecodeSpec, ModelSpec, SamplingSpec
+from pipeline.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def decode_segment(segment_json: str, probe_json: str, sampling: dict, decode: d
             emitted += 1
             t0 = time.perf_counter()
     except (errors.VideoError, OSError, ValueError, RuntimeError, MemoryError) as err:
-        log.warning("segment %s failed: %s", seg, err)
+        log.warning("segment %d of %s failed: %s", seg.segment_index,
+                    redact_uri(seg.video.video_uri), redact_uri(str(err)))
         yield {**error_fields(err), "ok": False, "decode_s": time.perf_counter() - t0,
                "emitted_before_error": emitted}
 
@@ -137,7 +139,7 @@ class DecodeWorker:
                 emitted += 1
                 yield {**base, **out}
         except errors.VideoError as err:  # timeout or crash of the child process
-            log.warning("segment %s of %s: %s", seg["segment_index"], video["video_uri"], err)
+            log.warning("segment %s of %s: %s", seg["segment_index"], redact_uri(video["video_uri"]), err)
             yield self._error_row(base, {**error_fields(err), "decode_s": time.perf_counter() - t0,
                                          "emitted_before_error": emitted})
 

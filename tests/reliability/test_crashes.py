@@ -142,3 +142,32 @@ batch_size = 2
     assert job["counts"]["resumed_videos_skipped"] >= published_before
     _assert_exactly_once(out, 8, 8)
     assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+def test_resume_retries_transient_failures_only(ray_session, tmp_path):
+    """A video recorded as failed by a transient cause (here: an earlier run's read error) is
+    processed again on resume; a permanent failure (a corrupt file) is not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = _archive(tmp_path / "in", 3)
+    (root / "broken.mp4").write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    spec = tiny_spec(str(root), str(out))
+    run_job(spec)
+    videos_dir = out / "videos"
+    rows = {r["video_id"]: r for r in read_table(str(out), "videos").to_pylist()}
+    victim = next(v for v in rows.values() if v["video_uri"].endswith("v01.mp4"))
+    pq.write_table(pa.Table.from_pylist([{**victim, "status": "error", "error_type": "SourceRead",
+                                          "error_message": "connection reset", "num_clips": 0}],
+                                        schema=pq.read_schema(videos_dir / f"{victim['video_id']}.parquet")),
+                   videos_dir / f"{victim['video_id']}.parquet")
+
+    again = run_job(spec)
+    assert again.summary["resumed_videos_skipped"] == 3  # two good videos + the corrupt one
+    assert again.summary["videos_processed"] == 1 and again.summary["videos_ok"] == 1
+    after = {r["video_id"]: r for r in read_table(str(out), "videos").to_pylist()}
+    assert after[victim["video_id"]]["status"] == "ok"
+    assert len(after) == 4
+    clips = read_table(str(out), "clips")
+    assert set(clip_key_counts(clips).values()) == {1} and clips.num_rows == 3 * 3

@@ -233,9 +233,6 @@ def _no_ray(*args, **kwargs):
     raise AssertionError("Ray was started before the spec was fully validated")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weights are first read inside the model actors: model_runners.check_model_spec should "
-    "read the checkpoint with blocks.registry.read_checkpoint (weights_only) before Ray starts"))
 def test_checkpoint_with_code_is_refused_before_ray(tmp_path, monkeypatch):
     marker = tmp_path / "code-ran"
     weights = tmp_path / "evil.pth"
@@ -327,9 +324,6 @@ def test_bad_spec_is_one_clear_error_before_ray(case, small_archive, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "job.toml"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a weights path that does not exist is found only by the model actors: "
-    "model_runners.check_model_spec should check it before Ray starts"))
 def test_missing_weights_file_is_one_clear_error_before_ray(small_archive, tmp_path,
                                                             monkeypatch, capsys):
     spec = tmp_path / "job.toml"

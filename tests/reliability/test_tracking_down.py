@@ -165,9 +165,6 @@ def test_fail_fast_with_server_down_fails_before_writing(ray_session, tmp_path, 
     assert not executed and not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner.run_job starts Ray (_init_ray) before JobTracker.start probes the store; the "
-    "fail-fast check should move before _init_ray (runner.py, not this change's to make)"))
 def test_fail_fast_happens_before_ray_starts(tmp_path, unused_port, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started before the tracking store was checked")
