@@ -40,8 +40,12 @@ SCRIPT = textwrap.dedent("""
     threading.Thread(target=remove_a_node, daemon=True).start()
     try:
         result = run_job(tiny_spec(archive, out, models=[{"name": "frame-average", "batch_size": 2}]))
+        alive = lambda: len([n for n in ray.nodes() if n["Alive"]])
+        deadline = time.time() + 90  # the GCS marks a vanished node dead after its health checks fail
+        while alive() > 2 and time.time() < deadline:
+            time.sleep(1)
         print("RESULT " + json.dumps({"summary": result.summary, "removed": bool(removed),
-                                      "alive_nodes": len([n for n in ray.nodes() if n["Alive"]])}))
+                                      "alive_nodes": alive()}))
     finally:
         ray.shutdown()
         cluster.shutdown()
