@@ -273,130 +273,112 @@ def _job_doc(spec: JobSpec, job_id: str, run_id: str | None, started: float, end
     }
 
 
-def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracker, spec_text) -> JobResult:
-    state = sink.state()
-    keys = [m.output_key for m in spec.models]
-    from pipeline.media import safe_path_segment
+@dataclass
+class _Plan:
+    """What a run has to do, after probing and resuming."""
 
-    file_keys = [safe_path_segment(k) for k in keys]
-    todo = [t for t in listing.tasks if t.video_id not in state.videos]
-    resumed_videos = len(listing.tasks) - len(todo)
+    segments: list[SegmentTask] = field(default_factory=list)
+    probes: dict[str, VideoProbe] = field(default_factory=dict)
+    ready: list[_VideoState] = field(default_factory=list)  # nothing left to decode
+    resumed_segments: int = 0
 
-    videos: dict[str, _VideoState] = {t.video_id: _VideoState(t) for t in todo}
-    segments: list[SegmentTask] = []
-    probes: dict[str, VideoProbe] = {}
-    resumed_segments = 0
-    collector = None
 
+def _plan(spec: JobSpec, videos: dict[str, _VideoState], published: set[tuple[str, int, str]],
+          file_keys: list[str]) -> _Plan:
+    """Probe the videos to do (Ray tasks), plan their clips and segments, skip published ones."""
     import ray.data as rd
 
-    ctx = rd.DataContext.get_current()
-    if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    if todo:
-        probed = rd.from_items([t.to_row() for t in todo]).map(
-            probe_row, fn_kwargs={"storage_options": spec.storage_options}, num_cpus=0.25,
-        ).take_all()
-    else:
-        probed = []
-    ready_videos: list[_VideoState] = []
+    plan = _Plan()
+    if not videos:
+        return plan
+    probed = rd.from_items([vs.task.to_row() for vs in videos.values()]).map(
+        probe_row, fn_kwargs={"storage_options": spec.storage_options}, num_cpus=0.25,
+    ).take_all()
     for row in probed:
         task = VideoTask.from_row(json.loads(row["task"]))
         vs = videos[task.video_id]
         if row["status"] != "ok":
             vs.error = {k: row[k] for k in ("status", "error_type", "error_message")}
-            ready_videos.append(vs)
+            plan.ready.append(vs)
             continue
-        probe = VideoProbe(**json.loads(row["probe"]))
-        vs.probe = probes[task.video_id] = probe
+        vs.probe = plan.probes[task.video_id] = VideoProbe(**json.loads(row["probe"]))
         try:
-            clips = plan_clips(probe.num_frames, probe.fps, spec.sampling)
+            clips = plan_clips(vs.probe.num_frames, vs.probe.fps, spec.sampling)
         except errors.VideoError as err:
             vs.error = {"status": err.status, "error_type": err.error_type, "error_message": str(err)}
-            ready_videos.append(vs)
+            plan.ready.append(vs)
             continue
-        groups = split_segments(clips, probe.fps, spec.sampling.segment_s)
+        groups = split_segments(clips, vs.probe.fps, spec.sampling.segment_s)
         vs.num_segments = len(groups)
         for i, group in enumerate(groups):
-            if all((task.video_id, i, fk) in state.segments for fk in file_keys):
+            if all((task.video_id, i, fk) in published for fk in file_keys):
                 vs.segments_done.add(i)
                 vs.num_clips += len(group)
-                resumed_segments += 1
-                continue
-            segments.append(SegmentTask(task, i, len(groups), tuple(group)))
+                plan.resumed_segments += 1
+            else:
+                plan.segments.append(SegmentTask(task, i, len(groups), tuple(group)))
         if len(vs.segments_done) == vs.num_segments:
-            ready_videos.append(vs)
+            plan.ready.append(vs)
+    return plan
 
-    total_clips = sum(len(s.clips) for s in segments)
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_clips, unit="clip", desc=spec.name, dynamic_ncols=True)
-    timeline: list[tuple[float, int]] = [(0.0, 0)]
-    t_run = time.time()
+def _stream(spec: JobSpec, plan: _Plan, ray, collector: _Collector) -> None:
+    """Decode actors → one actor pool per model (Ray Data streaming) → the collector."""
+    import ray.data as rd
 
-    def on_clips(n: int) -> None:
-        if bar is not None:
-            bar.update(n)
-        timeline.append((time.time() - t_run, timeline[-1][1] + n))
-
-    collector = _Collector(spec, job_id, sink, videos, on_clips)
-    failed_or_done = collector.finished
-    for key, model in zip(keys, spec.models):
-        collector.versions[key] = os.path.basename(model.weights) if model.weights else "builtin"
-    for vs in ready_videos:
-        collector.finish_video(vs)
-
-    if segments:
-        decode_cpus, model_cpus, model_gpus = _resources(spec, ray)
-        want_sizes = any(infer_task(m) == "enhance" for m in spec.models)
-        tracking_uri = spec.mlflow.tracking_uri
-        ds = rd.from_items([{"segment": json.dumps(s.to_row()), "probe": json.dumps(probes[s.video.video_id].__dict__)}
-                            for s in segments], override_num_blocks=len(segments))
-        ds = ds.flat_map(
-            DecodeWorker,
-            fn_constructor_kwargs={"sampling": spec.sampling.model_dump(), "decode": spec.decode.model_dump(),
-                                   "storage_options": spec.storage_options, "want_packet_sizes": want_sizes},
-            compute=rd.ActorPoolStrategy(size=spec.decode.actors), num_cpus=decode_cpus,
+    decode_cpus, model_cpus, model_gpus = _resources(spec, ray)
+    want_sizes = any(infer_task(m) == "enhance" for m in spec.models)
+    ds = rd.from_items(
+        [{"segment": json.dumps(s.to_row()), "probe": json.dumps(plan.probes[s.video.video_id].__dict__)}
+         for s in plan.segments],
+        override_num_blocks=len(plan.segments),
+    )
+    ds = ds.flat_map(
+        DecodeWorker,
+        fn_constructor_kwargs={"sampling": spec.sampling.model_dump(), "decode": spec.decode.model_dump(),
+                               "storage_options": spec.storage_options, "want_packet_sizes": want_sizes},
+        compute=rd.ActorPoolStrategy(size=spec.decode.actors), num_cpus=decode_cpus,
+    )
+    for i, model in enumerate(spec.models):
+        ds = ds.map_batches(
+            ModelWorker,
+            fn_constructor_kwargs={"model": model.model_dump(), "output": spec.output,
+                                   "storage_options": spec.storage_options,
+                                   "tracking_uri": spec.mlflow.tracking_uri,
+                                   "drop_frames": i == len(spec.models) - 1},
+            batch_size=model.batch_size, batch_format="numpy",
+            compute=rd.ActorPoolStrategy(size=model.actors),
+            num_cpus=model_cpus[i], num_gpus=model_gpus[i] or None,
         )
-        for i, model in enumerate(spec.models):
-            ds = ds.map_batches(
-                ModelWorker,
-                fn_constructor_kwargs={"model": model.model_dump(), "output": spec.output,
-                                       "storage_options": spec.storage_options,
-                                       "tracking_uri": tracking_uri,
-                                       "drop_frames": i == len(spec.models) - 1},
-                batch_size=model.batch_size, batch_format="numpy",
-                compute=rd.ActorPoolStrategy(size=model.actors),
-                num_cpus=model_cpus[i], num_gpus=model_gpus[i] or None,
-            )
-        for row in ds.iter_rows():
-            collector.add(row)
-    if bar is not None:
-        bar.close()
-    # Videos whose segments were all published earlier but whose row was not (a crash between).
+    for row in ds.iter_rows():
+        collector.add(row)
+
+
+def _close_open_videos(collector: _Collector, videos: dict[str, _VideoState]) -> None:
+    """Publish the rows of videos still open after the stream ended."""
     for vs in list(videos.values()):
         if vs.num_segments and len(vs.segments_done) >= vs.num_segments:
-            collector.finish_video(vs)
-    # Anything still open lost rows on the way (it should not happen): record it, never drop it.
-    for vs in list(videos.values()):
+            collector.finish_video(vs)  # segments published earlier, row not (a crash between)
+    for vs in list(videos.values()):  # rows lost on the way: record it, never drop the video
         missing = vs.num_segments - len(vs.segments_done)
         vs.error = vs.error or {"status": "error", "error_type": "Incomplete",
                                 "error_message": f"{missing} of {vs.num_segments} segments never "
                                                  "came back from the workers"}
-        log.error("video %s incomplete: %s", vs.task.video_uri, vs.error["error_message"])
+        log.error("video %s incomplete: %s", redact_uri(vs.task.video_uri), vs.error["error_message"])
         collector.finish_video(vs)
 
-    ended = time.time()
-    statuses = Counter(d.get("status", "ok") for d in failed_or_done)
-    failures = [d for d in failed_or_done if d.get("status", "ok") in ("error", "timeout")]
-    n_videos = len(failed_or_done)
+
+def _summarise(spec: JobSpec, job_id: str, run_id: str | None, listing, collector: _Collector,
+               resumed_videos: int, resumed_segments: int, started: float, t_run: float,
+               ended: float) -> dict[str, Any]:
+    done = collector.finished
+    statuses = Counter(d.get("status", "ok") for d in done)
+    failures = [d for d in done if d.get("status", "ok") in ("error", "timeout")]
     wall = max(1e-9, ended - t_run)
-    summary = {
+    fraction = len(failures) / max(1, len(done))
+    return {
         "job_id": job_id, "output": redact_uri(spec.output), "mlflow_run_id": run_id,
-        "videos": len(listing.tasks), "videos_processed": n_videos,
+        "videos": len(listing.tasks), "videos_processed": len(done),
         "videos_ok": statuses.get("ok", 0), "videos_failed": len(failures),
         "videos_skipped": statuses.get("skipped", 0),
         "videos_by_status": dict(statuses),
@@ -406,15 +388,57 @@ def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracke
         "decode_s": collector.decode_s, "infer_s": collector.infer_s,
         "resumed_videos_skipped": resumed_videos, "resumed_segments_skipped": resumed_segments,
         "wall_s": ended - started, "run_s": wall,
-        "videos_per_s": n_videos / wall, "clips_per_s": collector.clips_written / wall,
+        "videos_per_s": len(done) / wall, "clips_per_s": collector.clips_written / wall,
+        "error_fraction": fraction, "within_error_budget": fraction <= spec.max_error_fraction,
     }
-    budget = spec.max_error_fraction
-    frac = len(failures) / max(1, n_videos)
-    summary["error_fraction"] = frac
-    summary["within_error_budget"] = frac <= budget
-    metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics.update({f"failures_{k}": float(v) for k, v in summary["failures_by_type"].items()})
+
+
+def _execute(spec, sink, listing, job_id, run_id, ray, started, progress, tracker, spec_text) -> JobResult:
+    import ray.data as rd
+
+    from pipeline.media import safe_path_segment
+
+    if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
+        rd.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    state = sink.state()
+    todo = [t for t in listing.tasks if t.video_id not in state.videos]
+    videos: dict[str, _VideoState] = {t.video_id: _VideoState(t) for t in todo}
+    plan = _plan(spec, videos, state.segments, [safe_path_segment(m.output_key) for m in spec.models])
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(s.clips) for s in plan.segments), unit="clip", desc=spec.name,
+                   dynamic_ncols=True)
+    timeline: list[tuple[float, int]] = [(0.0, 0)]
+    t_run = time.time()
+
+    def on_clips(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+        timeline.append((time.time() - t_run, timeline[-1][1] + n))
+
+    collector = _Collector(spec, job_id, sink, videos, on_clips)
+    for model in spec.models:
+        collector.versions[model.output_key] = os.path.basename(model.weights) if model.weights else "builtin"
+    for vs in plan.ready:
+        collector.finish_video(vs)
+    if plan.segments:
+        _stream(spec, plan, ray, collector)
+    if bar is not None:
+        bar.close()
+    _close_open_videos(collector, videos)
+
+    ended = time.time()
+    summary = _summarise(spec, job_id, run_id, listing, collector, len(listing.tasks) - len(todo),
+                         plan.resumed_segments, started, t_run, ended)
+    failures = [d for d in collector.finished if d.get("status", "ok") in ("error", "timeout")]
     if tracker:
+        metrics = {k: float(v) for k, v in summary.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics.update({f"failures_{k}": float(v) for k, v in summary["failures_by_type"].items()})
         tracker.log_metrics(metrics)
         tracker.log_artifacts(spec_text or "", summary, failures, timeline, dict(collector.label_counts))
     sink.write_job(_job_doc(spec, job_id, run_id, started, ended, summary))
