@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -106,7 +106,7 @@ def part_a(settings: Settings) -> list[dict]:
         label, make = specs[name]
         args = make()
         try:
-            ts = _time(lambda: model(*args), 1 if settings.quick else settings.repeats)
+            ts = _time(lambda m=model, a=args: m(*a), 1 if settings.quick else settings.repeats)
             row.update(input=label, latency_ms=median(ts) * 1000, runs=len(ts))
         except (RuntimeError, ValueError, TypeError) as err:
             row.update(input=label, skipped=f"{type(err).__name__}: {str(err)[:200]}")
@@ -246,7 +246,8 @@ def part_b(settings: Settings) -> dict:
 
 def profile(fn: Callable, x: torch.Tensor, top: int = 6) -> list[dict]:
     """torch.profiler: the operators taking most self CPU time in one forward."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     with torch.inference_mode(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         fn(x)

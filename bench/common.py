@@ -17,9 +17,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".vmb" / "bench"
@@ -82,9 +83,9 @@ def versions() -> dict[str, str]:
             out[mod] = "n/a"
     try:
         out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10).stdout.strip()
+                                    capture_output=True, text=True, timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+                               text=True, timeout=10, check=False).stdout.strip()
         out["git"] += "+dirty" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         out["git"] = "n/a"
@@ -177,7 +178,7 @@ def run_logged(cmd: list[str], timeout: float, env: dict[str, str] | None = None
     """Run a subprocess, return (wall seconds, completed process); raise with its stderr tail."""
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=cwd or REPO)
+                          cwd=cwd or REPO, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")

@@ -21,8 +21,8 @@ needs). Target: cost scales with the frames needed, never above 1.0x of the full
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -151,10 +151,10 @@ def run(settings: Settings) -> dict:
         dense = _plans(probe, 8, 1, None)
         log(f"decode: {path.name} ({probe.width}x{probe.height}, {probe.num_frames} frames)")
         samples = interleaved({
-            "vmb decord": lambda: ours(path, "decord", dense),
-            "vmb pyav": lambda: ours(path, "pyav", dense),
-            "decord seq": lambda: decord_seq(path),
-            "pyav seq": lambda: pyav_seq(path),
+            "vmb decord": lambda p=path, d=dense: ours(p, "decord", d),
+            "vmb pyav": lambda p=path, d=dense: ours(p, "pyav", d),
+            "decord seq": lambda p=path: decord_seq(p),
+            "pyav seq": lambda p=path: pyav_seq(p),
         }, repeats, warmup=not settings.quick)
         row = {"resolution": path.stem, "width": probe.width, "height": probe.height,
                "frames": probe.num_frames, "contenders": {}}

@@ -28,8 +28,8 @@ def _psutil():
     try:
         import psutil
     except ImportError:  # Ray ships it under ray/thirdparty_files (on sys.path once ray is imported)
-        import ray  # noqa: F401
         import psutil
+        import ray  # noqa: F401
     return psutil
 
 
@@ -68,11 +68,16 @@ class Sampler(threading.Thread):
 
 
 def object_store_bytes() -> int:
+    import ray
+
     try:
         from ray._private.internal_api import memory_summary
 
-        text = memory_summary(stats_only=True)
-    except Exception:  # noqa: BLE001 -- a private API: a missing reading must not fail the run
+        # This instance's GCS explicitly: without it Ray picks "the latest cluster" on the
+        # machine, someone else's on a shared box.
+        text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    except Exception as err:  # noqa: BLE001 -- a private API: a missing reading must not fail the run
+        log(f"memory: object store reading failed: {type(err).__name__}: {err}")
         return 0
     m = re.search(r"Plasma memory usage (\d+) MiB", text)
     return int(m.group(1)) * 1024 * 1024 if m else 0

@@ -19,9 +19,9 @@ fp32 model on the same pixels).
 from __future__ import annotations
 
 import argparse
-import re
 import io
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import inputs
-from bench.common import (REPO, Settings, log, median, run_logged, save, spread,
-                          subprocess_env)
+from bench.common import REPO, Settings, log, median, run_logged, save, spread, subprocess_env
 
 CLIP_LEN, INTERVAL, SIZE, BATCH = 8, 4, 224, 8
 SPAN = (CLIP_LEN - 1) * INTERVAL + 1
@@ -175,7 +174,7 @@ def vmb_command(archive: Path, output: Path, overrides: list[str], proto: bool) 
     sets = [f'input="{archive}"', f'output="{output}"',
             f'mlflow.tracking_uri="sqlite:///{output.parent / "mlflow.db"}"', *overrides]
     return [*head, str(REPO / "jobs" / "classify.toml"), *[a for s in sets for a in ("--set", s)],
-            *(["--no-progress"] if not proto else ["--no-progress"])]
+            "--no-progress"]
 
 
 def read_vmb(output: Path) -> list[dict]:

@@ -25,7 +25,7 @@ def test_bench_quick_runs_every_suite(tmp_path):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=850)
+                          capture_output=True, text=True, timeout=850, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
     for heading in ("Decode, every frame", "Sparse sampling", "Overlap", "Peers:", "Memory:",
