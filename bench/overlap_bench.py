@@ -28,8 +28,7 @@ from bench.common import Settings, log, median, save
 
 CONFIGS = {
     "vmb (classify.toml as shipped)": {"num_cpus": 1.0, "options": {"top_k": 5, "channels_last": True}},
-    "vmb + proto (bf16, folded BN)": {"num_cpus": 1.25, "batch_size": 16, "options": {
-        "top_k": 5, "channels_last": True, "proto_bf16": True, "proto_fold_bn": True}},
+    "vmb precision=bf16": {"num_cpus": 1.0, "options": {"top_k": 5, "precision": "bf16"}},
 }
 
 
@@ -62,13 +61,11 @@ def decode_all(spec) -> list[np.ndarray]:
 def model_only(spec, clips: list[np.ndarray]) -> float:
     import torch
 
-    from bench.proto import accelerate
     from pipeline.model_runners import build_runner
 
     threads = torch.get_num_threads()
     m = spec.models[0]
     runner = build_runner(m, output=spec.output)
-    accelerate(runner, dict(m.options))
     metas = [{"video_id": "v", "video_uri": "v", "clip_index": i, "fps": 25.0,
               "frame_indices": np.arange(8), "frame_bytes": np.zeros(8)} for i in range(len(clips))]
     runner.run(np.stack(clips[:m.batch_size]), metas[:m.batch_size])  # warm-up (not counted)
@@ -81,17 +78,9 @@ def model_only(spec, clips: list[np.ndarray]) -> float:
 
 
 def end_to_end(spec) -> float:
-    import pipeline.runner
-    from bench.proto import ProtoModelWorker
-    from pipeline.workers import ModelWorker
+    from pipeline.runner import run_job
 
-    proto = any(k.startswith("proto_") for k in spec.models[0].options)
-    pipeline.runner.ModelWorker = ProtoModelWorker if proto else ModelWorker
-    try:
-        result = pipeline.runner.run_job(spec)
-    finally:
-        pipeline.runner.ModelWorker = ModelWorker
-    return float(result.summary["clips_per_s"])
+    return float(run_job(spec).summary["clips_per_s"])
 
 
 def run(settings: Settings) -> dict:

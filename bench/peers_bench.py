@@ -9,7 +9,7 @@ build and compile included) on the same archive, clips and batch size, in interl
                    ``map_batches``, written the straightforward way (defaults everywhere);
 - ``vmb``          ``vmb run jobs/classify.toml`` with the best settings of the existing spec
                    options (``VMB_SETTINGS``; ``--sweep`` measures the candidates);
-- ``vmb + proto``  the same with a prototype model-worker change (``bench/proto.py``).
+- ``vmb precision=bf16``  the same with bfloat16 autocast in the model actor.
 
 Clips: 8 frames every 4th frame (span 29, non-overlapping), 224x224 (short side resized to 224,
 centre crop): the classify job's sampling. Top-1 agreement is against the plain loop (the eager
@@ -35,12 +35,10 @@ from bench.common import REPO, Settings, log, median, run_logged, save, spread, 
 CLIP_LEN, INTERVAL, SIZE, BATCH = 8, 4, 224, 8
 SPAN = (CLIP_LEN - 1) * INTERVAL + 1
 
-# Best measured settings of the existing spec options (see --sweep and docs/BENCHMARKS.md).
-# jobs/classify.toml as shipped (1 model actor with 1 torch thread, channels_last, batch 8) was
-# the best measured: 2 torch threads next to the decode actor on 2 cores oversubscribe them.
+# jobs/classify.toml as shipped: 1 model actor with 1 torch thread, BatchNorm folded,
+# channels_last, batch 8, fp32 (exact numerics). The bf16 contender adds precision = "bf16".
 VMB_SETTINGS: list[str] = []
-PROTO_SETTINGS = ["models.0.num_cpus=1.25", "models.0.batch_size=16",
-                  "models.0.options.proto_bf16=true", "models.0.options.proto_fold_bn=true"]
+BF16_SETTINGS = ['models.0.options.precision="bf16"']
 
 SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 always)
     "classify.toml as shipped (1 torch thread)": [],
@@ -50,12 +48,11 @@ SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 
     "+ channels_last=false": ["models.0.num_cpus=1.25", "models.0.options.channels_last=false"],
     "+ quantize=int8 (dynamic)": ["models.0.num_cpus=1.25", "models.0.options.quantize=\"int8\""],
     "+ compile=true": ["models.0.num_cpus=1.25", "models.0.options.compile=true"],
-    "PROTO bf16 weights, 2 threads": ["models.0.num_cpus=1.25", "models.0.options.proto_bf16=true"],
-    "PROTO bf16 weights, 2 threads, batch 16": ["models.0.num_cpus=1.25", "models.0.batch_size=16",
-                                                 "models.0.options.proto_bf16=true"],
-    "PROTO bf16 weights + folded BN, 2 threads": ["models.0.num_cpus=1.25",
-                                                   "models.0.options.proto_bf16=true",
-                                                   "models.0.options.proto_fold_bn=true"],
+    "+ fold_bn=false": ["models.0.num_cpus=1.25", "models.0.options.fold_bn=false"],
+    "precision=bf16, 1 thread": ['models.0.options.precision="bf16"'],
+    "precision=bf16, 2 threads": ["models.0.num_cpus=1.25", 'models.0.options.precision="bf16"'],
+    "precision=bf16, 2 threads, batch 16": ["models.0.num_cpus=1.25", "models.0.batch_size=16",
+                                            'models.0.options.precision="bf16"'],
 }
 
 
@@ -165,12 +162,11 @@ def ray_data(archive: str, out: str) -> None:
     ray.shutdown()
 
 
-# Contenders 3 and 4: vmb run (and the prototype) -------------------------------------------------
+# Contenders 3 and 4: vmb run, exact and bf16 -------------------------------------------------
 
 
-def vmb_command(archive: Path, output: Path, overrides: list[str], proto: bool) -> list[str]:
-    bindir = Path(sys.executable).parent
-    head = [sys.executable, "-m", "bench.proto_run"] if proto else [str(bindir / "vmb"), "run"]
+def vmb_command(archive: Path, output: Path, overrides: list[str]) -> list[str]:
+    head = [str(Path(sys.executable).parent / "vmb"), "run"]
     sets = [f'input="{archive}"', f'output="{output}"',
             f'mlflow.tracking_uri="sqlite:///{output.parent / "mlflow.db"}"', *overrides]
     return [*head, str(REPO / "jobs" / "classify.toml"), *[a for s in sets for a in ("--set", s)],
@@ -198,7 +194,7 @@ def run_contender(kind: str, archive: Path, work: Path, overrides: list[str] | N
         return wall, json.loads(out.read_text())
     output = work / "out"
     shutil.rmtree(output, ignore_errors=True)
-    wall, proc = run_logged(vmb_command(archive, output, overrides or [], kind == "proto"), timeout, env)
+    wall, proc = run_logged(vmb_command(archive, output, overrides or []), timeout, env)
     m = re.search(r"\(([\d.]+) s processing, ([\d.]+) s total\)", proc.stdout)
     if m:  # where the process's time went: run_job's streaming part, run_job in all, the rest
         TIMINGS.append({"processing_s": float(m.group(1)), "run_job_s": float(m.group(2)),
@@ -223,7 +219,7 @@ def run(settings: Settings) -> dict:
     n_clips = inputs.clips_in(archive)
     repeats = 1 if settings.quick else settings.extra.get("peer_repeats", 1)
     contenders = {"plain loop": ("plain", None), "Ray Data": ("raydata", None),
-                  "vmb": ("vmb", VMB_SETTINGS), "vmb + proto (bf16, folded BN)": ("proto", PROTO_SETTINGS)}
+                  "vmb": ("vmb", VMB_SETTINGS), "vmb precision=bf16": ("vmb", BF16_SETTINGS)}
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     outputs: dict[str, list[dict]] = {}
     loads: dict[str, list[float]] = {k: [] for k in contenders}
@@ -273,8 +269,7 @@ def run_sweep(settings: Settings) -> dict:
         for i, (name, overrides) in enumerate(items):
             log(f"sweep: {name}")
             load = round(os.getloadavg()[0], 2)
-            proto = any("proto_" in o for o in overrides)
-            wall, out = run_contender("proto" if proto else "vmb", archive, Path(tmp) / f"s{i}", overrides)
+            wall, out = run_contender("vmb", archive, Path(tmp) / f"s{i}", overrides)
             rows[name] = {"overrides": overrides, "wall_s": wall, "clips": len(out),
                           "clips_per_s": len(out) / wall, "load": load}
     payload = {"archive": str(archive), "clips_expected": inputs.clips_in(archive), "sweep": rows}

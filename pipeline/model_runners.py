@@ -121,27 +121,49 @@ class ModelRunner:
         self.storage_options = dict(storage_options or {})
         self.device = torch.device("cuda" if torch.cuda.is_available() and (spec.num_gpus or 0) > 0
                                    else "cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(math.ceil(spec.num_cpus or 1))))
         weights = resolve_weights(spec.weights, tracking_uri)
         config = dict(spec.config)
         if spec.name in FRAME_FEATURE_HEADS:
             config.setdefault("vision_dim", 1280)  # efficientnet-lite0 features
         self.model = blocks.create_block(spec.name, weights=weights, **config).eval().to(self.device)
         self.model_version = os.path.basename(weights) if weights else "builtin"
-        if self.options.get("channels_last", True):
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if self.options.get("quantize") == "int8" and self.device.type == "cpu":
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear, torch.nn.LSTM},
-                                                                dtype=torch.qint8)
+        self._optimise_for_inference()
         self._forward = self.model
         if self.options.get("compile", False):
             self._forward = torch.compile(self.model, dynamic=False)
 
+    def _optimise_for_inference(self) -> None:
+        """Apply the ``options`` that change how the model runs, not what it computes.
+
+        - ``threads``: torch threads of this actor (default: ceil of its ``num_cpus``);
+        - ``fold_bn`` (default true): BatchNorm folded into the convolutions of frame encoders;
+        - ``channels_last`` (default true);
+        - ``precision = "bf16"``: bfloat16 autocast on CPU (fast on CPUs with AMX / AVX-512 BF16
+          units; top-1 can differ on near-ties, see docs/BENCHMARKS.md); on GPU, fp16 autocast
+          is always on;
+        - ``quantize = "int8"``: dynamic int8 quantisation of Linear/LSTM layers.
+        """
+        if self.device.type == "cpu":
+            threads = self.options.get("threads") or math.ceil(self.spec.num_cpus or 1)
+            torch.set_num_threads(max(1, int(threads)))
+        encoders = [m for m in self.model.modules() if hasattr(m, "fold_batchnorm")]
+        if self.options.get("fold_bn", True):
+            for encoder in encoders:
+                encoder.fold_batchnorm()
+        if self.options.get("channels_last", True):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        precision = self.options.get("precision", "fp32")
+        if precision not in ("fp32", "bf16"):
+            raise ModelConfigError(f"options.precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.cpu_bf16 = precision == "bf16" and self.device.type == "cpu"
+        if self.options.get("quantize") == "int8" and self.device.type == "cpu":
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear, torch.nn.LSTM},
+                                                                dtype=torch.qint8)
+
     def autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16)
 
     def to_unit(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) → float (B, T, 3, H, W) in [0, 1] on the model's device."""

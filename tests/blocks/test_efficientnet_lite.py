@@ -204,3 +204,16 @@ def test_preprocess_centre_crops_the_long_side():
 def test_preprocess_rejects_wrong_input(bad):
     with pytest.raises(ValueError, match="expected"):
         preprocess(bad)
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    import copy
+
+    from blocks import create_block
+
+    model = create_block("efficientnet-lite0").eval()
+    folded = copy.deepcopy(model).fold_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)

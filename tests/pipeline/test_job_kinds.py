@@ -115,3 +115,17 @@ def test_pyav_backend_gives_the_same_clips(ray_session, small_archive, tmp_path)
         cos = sum(x * y for x, y in zip(a[3], b[3])) / (
             sum(x * x for x in a[3]) ** 0.5 * sum(y * y for y in b[3]) ** 0.5)
         assert cos > 0.95
+
+
+def test_bf16_precision_option_runs_and_bad_precision_is_refused(ray_session, small_archive, tmp_path):
+    from pipeline.model_runners import ClassifyRunner, ModelConfigError
+    from pipeline.spec import ModelSpec
+
+    out = tmp_path / "bf16"
+    spec, _ = load_spec(JOBS / "classify.toml", [
+        f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
+        "sampling.size=[64, 96]", 'models.0.options.precision="bf16"'])
+    assert run_job(spec).summary["videos_ok"] == 1
+    assert all(len(r["labels"]) == 5 for r in read_table(str(out), "clips").to_pylist())
+    with pytest.raises(ModelConfigError, match="precision"):
+        ClassifyRunner(ModelSpec(name="frame-average", options={"precision": "fp8"}), output=str(out))
