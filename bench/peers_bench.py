@@ -35,7 +35,7 @@ from bench.common import REPO, Settings, log, median, run_logged, save, spread, 
 CLIP_LEN, INTERVAL, SIZE, BATCH = 8, 4, 224, 8
 SPAN = (CLIP_LEN - 1) * INTERVAL + 1
 
-# jobs/classify.toml as shipped: 1 model actor with 1 torch thread, BatchNorm folded,
+# jobs/classify.toml as shipped: 1 model actor with 2 torch threads (num_cpus = 1.5), BatchNorm folded,
 # channels_last, batch 8, fp32 (exact numerics). The bf16 contender adds precision = "bf16".
 VMB_SETTINGS: list[str] = []
 BF16_SETTINGS = ['models.0.options.precision="bf16"']
