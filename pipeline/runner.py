@@ -198,15 +198,22 @@ def _init_ray(spec: JobSpec, address: str | None):
 
 def _resources(spec: JobSpec, ray) -> tuple[float, list[float], list[float]]:
     """Per-actor CPU and GPU requests, scaled so every stage fits the cluster (a 2-CPU node
-    deadlocks when actor pools reserve every CPU and the probe tasks cannot be scheduled)."""
+    deadlocks when actor pools reserve every CPU and the probe tasks cannot be scheduled), and
+    capped at the largest node's CPUs (an actor runs on one node). Torch threads still follow
+    the spec's own ``num_cpus``."""
     total_cpu = float(ray.cluster_resources().get("CPU", 1))
+    node_cpu = max((float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
+                   default=total_cpu)
     total_gpu = float(ray.cluster_resources().get("GPU", 0))
     decode = spec.decode.actors * spec.decode.num_cpus
     models = [m.actors * m.num_cpus for m in spec.models]
     budget = max(0.5, total_cpu - 0.25)
     scale = min(1.0, budget / max(1e-9, decode + sum(models)))
     gpus = [(m.num_gpus if m.num_gpus is not None else (1.0 if total_gpu >= 1 else 0.0)) for m in spec.models]
-    return (spec.decode.num_cpus * scale, [m.num_cpus * scale for m in spec.models], gpus)
+    def fit(cpus: float) -> float:
+        return min(cpus * scale, max(0.1, node_cpu - 0.25))
+
+    return fit(spec.decode.num_cpus), [fit(m.num_cpus) for m in spec.models], gpus
 
 
 def validate(spec: JobSpec) -> TableSink:
