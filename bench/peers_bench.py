@@ -41,7 +41,8 @@ VMB_SETTINGS: list[str] = []
 BF16_SETTINGS = ['models.0.options.precision="bf16"']
 
 SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 always)
-    "classify.toml as shipped (1 torch thread)": [],
+    "classify.toml as shipped (num_cpus 1.5: 2 torch threads)": [],
+    "model num_cpus=1 (1 torch thread)": ["models.0.num_cpus=1"],
     "model num_cpus=1.25 (2 torch threads)": ["models.0.num_cpus=1.25"],
     "+ batch_size=16": ["models.0.num_cpus=1.25", "models.0.batch_size=16"],
     "+ decode.num_cpus=0.25": ["models.0.num_cpus=1.25", "decode.num_cpus=0.25"],
