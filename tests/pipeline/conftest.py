@@ -260,3 +260,27 @@ def videos_table():
 def write_parquet():
     """Writer: (table, uri, storage_options=None) -> None, through fsspec (local or s3)."""
     return _write_parquet
+
+
+@pytest.fixture
+def vmb(capsys, monkeypatch):
+    """Run ``vmb ARGS`` in this process, in the repository (``vmb submit`` uploads the current
+    directory): returns ``(exit code, stdout, stderr)``."""
+    import logging
+    from pathlib import Path
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # main() sets it; restore after
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    ray_logger.setLevel(level)

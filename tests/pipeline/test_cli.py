@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ import pytest
 
 from blocks import create_block, list_blocks
 from blocks.registry import param_count
-from pipeline.cli import main
 from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.spec import load_spec
@@ -66,24 +64,6 @@ def job(tiny_archive, tmp_path_factory):
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     return proc, out, overrides
-
-
-@pytest.fixture
-def vmb(capsys, monkeypatch):
-    """Run ``vmb ARGS`` in this process, in the repository: ``(exit code, stdout, stderr)``."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # main() sets it; restore after
-    ray_logger = logging.getLogger("ray")
-    level = ray_logger.level
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    ray_logger.setLevel(level)
 
 
 def _one_error_line(err: str, command: str) -> str:

@@ -8,7 +8,6 @@ the head's process group; ``ray stop`` would stop every Ray instance on the mach
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
 from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.spec import load_spec
@@ -138,24 +136,6 @@ def _stop_head(proc: subprocess.Popen) -> None:
 def _vmb_subprocess(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([VMB, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-@pytest.fixture
-def vmb(capsys, monkeypatch):
-    """Run ``vmb ARGS`` in this process, in the repository: ``(exit code, stdout, stderr)``."""
-    monkeypatch.chdir(REPO)  # `vmb submit` uploads the current directory
-    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # main() sets it; restore after
-    ray_logger = logging.getLogger("ray")
-    level = ray_logger.level
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    ray_logger.setLevel(level)
 
 
 def _wait_for(vmb, head: RayHead, job_id: str, wanted: set[str]) -> str:
