@@ -53,13 +53,18 @@ def cmd_demo(args) -> int:
     from pipeline.sample import make_sample_archive
     from pipeline.spec import load_spec
 
+    import hashlib
+
     root = Path(".vmb/demo").resolve()
     archive = args.archive
-    if not archive:
+    output = root / "output"
+    if archive:  # one output per archive: a job's output belongs to one input
+        output = root / f"output-{hashlib.sha256(archive.encode()).hexdigest()[:10]}"
+    else:
         archive = str(root / "archive")
         make_sample_archive(archive)
     spec_path = Path(__file__).resolve().parent.parent / "jobs" / "classify.toml"
-    overrides = [f'input="{archive}"', f'output="{root / "output"}"',
+    overrides = [f'input="{archive}"', f'output="{output}"',
                  f'mlflow.tracking_uri="sqlite:///{root / "mlflow.db"}"'] + (args.set or [])
     spec, text = load_spec(spec_path, overrides)
     result = run_job(spec, spec_text=text, progress=True)
@@ -67,8 +72,8 @@ def cmd_demo(args) -> int:
     sql = ("select regexp_extract(video_uri, '[^/]+$') as video, count(*) as clips, "
            "mode(labels[1]) as top_label, round(avg(scores[1]), 3) as mean_score "
            "from clips group by video order by video")
-    print(f"\nvmb query \"{sql}\" --output {root / 'output'}\n")
-    print(write_result(query(str(root / "output"), sql), "table"))
+    print(f"\nvmb query \"{sql}\" --output {output}\n")
+    print(write_result(query(str(output), sql), "table"))
     return result.exit_code
 
 

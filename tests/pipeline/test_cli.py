@@ -201,3 +201,20 @@ def test_blocks_lists_every_block_with_its_parameter_count(vmb):
     assert all(n > 0 for n in counts.values())
     for name in ("wrqe", "soft-split"):
         assert counts[name] == param_count(create_block(name))
+
+
+def test_demo_names_what_is_in_the_sample_videos(ray_session, tmp_path, monkeypatch, capsys):
+    """The quick-start command: sample archive from real photos → classify job → a query."""
+    from pipeline.cli import main
+    from pipeline.sample import subject_matches
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1]
+            and line.split()[0].endswith(".mp4")}
+    assert {"cat.mp4", "coffee.mp4", "rocket.mp4"} <= set(rows)
+    for video in ("cat.mp4", "coffee.mp4"):
+        label = rows[video].split(None, 2)[2].rsplit(None, 1)[0]
+        assert subject_matches(video, [label]), rows[video]
+    assert (tmp_path / ".vmb" / "demo" / "output" / "_job.json").exists()
