@@ -113,7 +113,7 @@ def resolve_weights(weights: str | None, tracking_uri: str | None) -> str | None
 class ModelRunner:
     """Base: builds the block, places it, and sets torch threads to the actor's CPU allotment."""
 
-    def __init__(self, spec: ModelSpec, *, output: str, fps_hint: float = 25.0,
+    def __init__(self, spec: ModelSpec, *, output: str,
                  storage_options: Mapping[str, Any] | None = None, tracking_uri: str | None = None):
         self.spec = spec
         self.options = dict(spec.options)
