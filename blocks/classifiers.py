@@ -105,6 +105,11 @@ class _ClipClassifier(nn.Module):
         self.labels = self.encoder.labels
         self.preprocessing = self.encoder.preprocessing
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled clip features (B, D) → logits (B, num_classes): the encoder's own classifier
+        unless a subclass puts its own head on top."""
+        return self.encoder.head(features)
+
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) → logits (B, num_classes)."""
         return self.head(self.forward_features(clips))
@@ -129,9 +134,6 @@ class FrameAverage(_ClipClassifier):
     def forward_features(self, clips: torch.Tensor) -> torch.Tensor:
         _check_clips(clips)
         return encode_frames(self.encoder, clips).mean(dim=1)  # (B, D)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.encoder.head(features)
 
 
 @register_block(
@@ -288,9 +290,6 @@ class ConvPool(_ClipClassifier):
         maps = self.encoder.forward_feature_map(clips.flatten(0, 1))  # (B*T, D, h, w)
         maps = maps.view(b, t, *maps.shape[1:])  # (B, T, D, h, w)
         return self.encoder.pool(maps.amax(dim=1))  # (B, D)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.encoder.head(features)
 
 
 @register_block(

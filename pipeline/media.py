@@ -19,22 +19,19 @@ import logging
 import os
 import re
 import tempfile
-import uuid
 from fractions import Fraction
 from typing import Any, Mapping
 
 import av
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.uris import filesystem, join, redact_uri
+from pipeline.uris import filesystem, join, redact_uri, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
 # Encoders that take a constant-rate-factor quality setting, and the pixel layouts we allow.
 _CRF_CODECS = ("libx264", "libx265")
 _PIX_FMTS = ("yuv420p", "yuv444p")
-_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "memory"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -152,34 +149,6 @@ def encode_clip(
     return len(data)
 
 
-def write_bytes_atomic(
-    uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None
-) -> None:
-    """Write ``data`` to ``uri`` so that readers see either the old file or the whole new one.
-
-    Raises:
-        OSError: the filesystem refused the write (the temporary file is removed).
-    """
-    fs, path = filesystem(uri, storage_options)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if not _renames_atomically(fs):
-        # Object stores publish an object only when its single PUT completes.
-        fs.pipe_file(path, data)
-        return
-    # A hidden sibling: same folder, so the rename cannot cross filesystems.
-    tmp_name = f".{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
-    tmp = f"{parent}/{tmp_name}" if parent else tmp_name
-    try:
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
-
-
 def clip_media_uri(output_uri: str, model: str, video_id: str, clip_index: int) -> str:
     """Where a generative model's output for one clip goes.
 
@@ -232,12 +201,3 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
     return np.ascontiguousarray(frames)
-
-
-def _renames_atomically(fs) -> bool:
-    # Path-based filesystems (local disk, sftp, hdfs) rename atomically within a folder; object
-    # stores have no rename (mv = copy + delete) but an atomic PUT, so they get a direct write.
-    if isinstance(fs, LocalFileSystem):
-        return True
-    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return not protocols & _OBJECT_STORES

@@ -93,7 +93,6 @@ class _Collector:
         self.clips_written = 0
         self.frames_decoded = 0
         self.label_counts: Counter[str] = Counter()
-        self.model_errors: Counter[str] = Counter()
         self.decode_s = 0.0
         self.infer_s = 0.0
 
@@ -136,7 +135,6 @@ class _Collector:
                     if isinstance(res, dict):  # the model failed on this clip's batch
                         state.error = state.error or {"status": "error", "error_type": "ModelError",
                                                       "error_message": res["model_error"][:2000]}
-                        self.model_errors[k] += 1
                         out_rows = None
                         break
                     out_rows.append(self._clip_row(r, k, res))

@@ -34,8 +34,8 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from pipeline.media import encode_mp4_bytes, write_bytes_atomic
-from pipeline.uris import filesystem, join
+from pipeline.media import encode_mp4_bytes
+from pipeline.uris import filesystem, join, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.media import safe_path_segment, write_bytes_atomic
+from pipeline.media import safe_path_segment
 from pipeline.tables import CLIPS_DIR, JOB_FILE, VIDEOS_DIR, VIDEOS_SCHEMA, clips_schema
-from pipeline.uris import filesystem, join, redact_uri, with_retries
+from pipeline.uris import filesystem, join, redact_uri, with_retries, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

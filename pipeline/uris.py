@@ -9,7 +9,10 @@ import re
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
+import uuid
+
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.core import url_to_fs
 
 _SECRET_KEYS = re.compile(r"(secret|password|passwd|token|key|credential|session)", re.IGNORECASE)
@@ -150,3 +153,43 @@ def canonical_uri(uri: str) -> str:
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if not _SIGNING_PARAM.match(k)])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "memory"}
+
+
+def write_bytes_atomic(
+    uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``data`` to ``uri`` so that readers see either the old file or the whole new one.
+
+    Raises:
+        OSError: the filesystem refused the write (the temporary file is removed).
+    """
+    fs, path = filesystem(uri, storage_options)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if not _renames_atomically(fs):
+        # Object stores publish an object only when its single PUT completes.
+        fs.pipe_file(path, data)
+        return
+    # A hidden sibling: same folder, so the rename cannot cross filesystems.
+    tmp_name = f".{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    tmp = f"{parent}/{tmp_name}" if parent else tmp_name
+    try:
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def _renames_atomically(fs) -> bool:
+    # Path-based filesystems (local disk, sftp, hdfs) rename atomically within a folder; object
+    # stores have no rename (mv = copy + delete) but an atomic PUT, so they get a direct write.
+    if isinstance(fs, LocalFileSystem):
+        return True
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return not protocols & _OBJECT_STORES
