@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,7 @@ def check_model_spec(spec: ModelSpec) -> None:
     if spec.name not in compatible:
         raise ModelConfigError(f"model {spec.name!r} cannot run task {task!r}; "
                                f"blocks for it: {sorted(compatible)}")
+    check_runtime_options(spec, task)
     if task == "classify" and spec.name in UNTRAINED_HEADS and not spec.weights:
         raise ModelConfigError(
             f"model {spec.name!r} has an untrained temporal head: give `weights` (a trained "
@@ -90,6 +91,32 @@ def check_model_spec(spec: ModelSpec) -> None:
         raise ModelConfigError(
             f"model {spec.name!r} needs weights: set `weights` to a checkpoint path/URL or an MLflow "
             f"model URI (models:/name/version). Official checkpoint: {info.official_checkpoint or 'n/a'}")
+
+
+def check_runtime_options(spec: ModelSpec, task: TaskKind) -> None:
+    """``options.runtime`` / ``options.precision`` that cannot be honoured fail before Ray starts."""
+    from pipeline.inference_runtime import RUNTIMES, openvino_available
+
+    runtime = spec.options.get("runtime", "auto")
+    if runtime not in RUNTIMES:
+        raise ModelConfigError(f"model {spec.output_key!r}: options.runtime must be one of "
+                               f"{list(RUNTIMES)}, got {runtime!r}")
+    precision = spec.options.get("precision", "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ModelConfigError(f"model {spec.output_key!r}: options.precision must be 'fp32' or "
+                               f"'bf16', got {precision!r}")
+    if runtime != "openvino":
+        return
+    if task not in ("classify", "embed"):
+        raise ModelConfigError(f"model {spec.output_key!r}: runtime 'openvino' runs classify and "
+                               f"embed models; task {task!r} runs in PyTorch (runtime 'torch')")
+    clashing = [k for k in ("compile", "quantize") if spec.options.get(k)]
+    if clashing or (spec.num_gpus or 0) > 0:
+        raise ModelConfigError(f"model {spec.output_key!r}: runtime 'openvino' is a CPU runtime and "
+                               f"excludes {clashing or ['num_gpus']}; use runtime 'torch' for those")
+    if not openvino_available():
+        raise ModelConfigError(f"model {spec.output_key!r}: runtime 'openvino' needs the openvino "
+                               "package, which is not installed in this environment")
 
 
 def check_weights(spec: ModelSpec, tracking_uri: str | None) -> None:
@@ -114,8 +141,10 @@ class ModelRunner:
     """Base: builds the block, places it, and sets torch threads to the actor's CPU allotment."""
 
     def __init__(self, spec: ModelSpec, *, output: str,
-                 storage_options: Mapping[str, Any] | None = None, tracking_uri: str | None = None):
+                 storage_options: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+                 clip_shape: tuple[int, int, int] | None = None):
         self.spec = spec
+        self.clip_shape = tuple(clip_shape) if clip_shape else None  # (T, H, W) of every clip
         self.options = dict(spec.options)
         self.output = output
         self.storage_options = dict(storage_options or {})
@@ -128,14 +157,15 @@ class ModelRunner:
         self.model = blocks.create_block(spec.name, weights=weights, **config).eval().to(self.device)
         self.model_version = os.path.basename(weights) if weights else "builtin"
         self._optimise_for_inference()
-        self._forward = self.model
-        if self.options.get("compile", False):
-            self._forward = torch.compile(self.model, dynamic=False)
+        self.runtime = "torch"
+        self._graph: torch.nn.Module | None = None
+        self._compiled = None
 
     def _optimise_for_inference(self) -> None:
         """Apply the ``options`` that change how the model runs, not what it computes.
 
-        - ``threads``: torch threads of this actor (default: ceil of its ``num_cpus``);
+        - ``runtime``: ``auto`` (default), ``torch`` or ``openvino`` — see ``prepare_runtime``;
+        - ``threads``: torch (or OpenVINO) threads of this actor (default: ceil of its ``num_cpus``);
         - ``fold_bn`` (default true): BatchNorm folded into the convolutions of frame encoders;
         - ``channels_last`` (default true);
         - ``precision = "bf16"``: bfloat16 autocast on CPU (fast on CPUs with AMX / AVX-512 BF16
@@ -143,9 +173,9 @@ class ModelRunner:
           is always on;
         - ``quantize = "int8"``: dynamic int8 quantisation of Linear/LSTM layers.
         """
+        self.threads = max(1, int(self.options.get("threads") or math.ceil(self.spec.num_cpus or 1)))
         if self.device.type == "cpu":
-            threads = self.options.get("threads") or math.ceil(self.spec.num_cpus or 1)
-            torch.set_num_threads(max(1, int(threads)))
+            torch.set_num_threads(self.threads)
         encoders = [m for m in self.model.modules() if hasattr(m, "fold_batchnorm")]
         if self.options.get("fold_bn", True):
             for encoder in encoders:
@@ -155,10 +185,49 @@ class ModelRunner:
         precision = self.options.get("precision", "fp32")
         if precision not in ("fp32", "bf16"):
             raise ModelConfigError(f"options.precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
         self.cpu_bf16 = precision == "bf16" and self.device.type == "cpu"
         if self.options.get("quantize") == "int8" and self.device.type == "cpu":
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear, torch.nn.LSTM},
                                                                 dtype=torch.qint8)
+
+    def prepare_runtime(self, graph: torch.nn.Module) -> None:
+        """Choose where ``graph`` (uint8 batch → tuple of tensors) runs.
+
+        ``runtime = "auto"`` compiles it with OpenVINO on CPU actors (same function, fused
+        convolutions; see ``pipeline.inference_runtime``) unless ``compile`` or ``quantize`` ask
+        for a PyTorch-side transformation; it stays in PyTorch on GPU actors and wherever OpenVINO
+        cannot convert the model. The conversion happens here when the clip shape is known (the
+        actor is built before the first batch arrives), otherwise on the first batch.
+        """
+        runtime = self.options.get("runtime", "auto")
+        torch_only = self.device.type != "cpu" or self.options.get("compile") or self.options.get("quantize")
+        self.runtime = "torch" if torch_only else runtime
+        self._graph = graph
+        if self.options.get("compile", False):
+            self._graph = torch.compile(graph, dynamic=False)
+        if self.runtime != "torch" and self.clip_shape:
+            self._compile(torch.zeros((self.spec.batch_size, *self.clip_shape, 3), dtype=torch.uint8))
+
+    def _compile(self, example: torch.Tensor) -> None:
+        from pipeline.inference_runtime import RuntimeUnavailable, compile_for_cpu
+
+        try:
+            self._compiled = compile_for_cpu(self._graph, example, runtime=self.runtime,
+                                             precision=self.precision, threads=self.threads)
+        except RuntimeUnavailable as err:
+            raise ModelConfigError(f"model {self.spec.output_key!r}: {err}") from err
+        self.runtime = "openvino" if self._compiled is not None else "torch"
+
+    def forward_graph(self, frames: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Run the prepared graph on a uint8 batch; outputs as torch tensors."""
+        if self.runtime != "torch" and self._compiled is None:
+            self._compile(torch.zeros((self.spec.batch_size, *frames.shape[1:]), dtype=torch.uint8))
+        if self._compiled is not None and frames.shape[1:] == self._compiled.shape[1:]:
+            return tuple(torch.from_numpy(out) for out in self._compiled(frames))
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        with self.autocast():
+            return tuple(self._graph(x))
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -188,27 +257,31 @@ class ModelRunner:
         raise NotImplementedError
 
 
-class ClassifyRunner(ModelRunner):
-    """Top-k labels, scores and the clip feature from a clip classifier (or the frame encoder)."""
+class ClassifyGraph(torch.nn.Module):
+    """uint8 clips (B, T, H, W, 3) → features (B, D), logits (B, K): normalisation and model in one
+    graph, so the whole forward can be handed to an inference runtime."""
 
-    def __init__(self, spec: ModelSpec, *, embed_only: bool = False, **kw: Any):
-        super().__init__(spec, **kw)
-        self.embed_only = embed_only
-        self.top_k = int(self.options.get("top_k", 5))
-        prep = getattr(self.model, "preprocessing", None) or _encoder_preprocessing(self.model)
-        self.mean = torch.tensor(prep.mean, device=self.device).view(1, 1, 3, 1, 1) / 255.0
-        self.std = torch.tensor(prep.std, device=self.device).view(1, 1, 3, 1, 1) / 255.0
-        labels = self.options.get("labels") or getattr(self.model, "labels", None)
-        self.labels = list(labels) if labels else None
-        self.frame_encoder = None
-        if spec.name in FRAME_FEATURE_HEADS:
-            self.frame_encoder = blocks.create_block("efficientnet-lite0").eval().to(self.device)
+    def __init__(self, name: str, model: torch.nn.Module, frame_encoder: torch.nn.Module | None,
+                 mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.frame_encoder = frame_encoder
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1) / 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1) / 255.0)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = frames.permute(0, 1, 4, 2, 3).float().div(255.0)  # (B, T, 3, H, W) in [0, 1]
+        return self.features_and_logits((x - self.mean) / self.std)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, 3, H, W) normalised → features (B, D), logits (B, K)."""
         model = self.model
         b, t = x.shape[:2]
-        if self.spec.name == "efficientnet-lite0":  # a frame model: average over time
+        if self.name == "efficientnet-lite0":  # a frame model: average over time
             flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (B*T, 3, H, W)
             feats = model.forward_features(flat).view(b, t, -1).mean(1)  # (B, D)
             return feats, model.head(feats)
@@ -225,11 +298,29 @@ class ClassifyRunner(ModelRunner):
         feats = model.forward_features(x)
         return feats, model.head(feats)
 
+
+class ClassifyRunner(ModelRunner):
+    """Top-k labels, scores and the clip feature from a clip classifier (or the frame encoder)."""
+
+    def __init__(self, spec: ModelSpec, *, embed_only: bool = False, **kw: Any):
+        super().__init__(spec, **kw)
+        self.embed_only = embed_only
+        self.top_k = int(self.options.get("top_k", 5))
+        prep = getattr(self.model, "preprocessing", None) or _encoder_preprocessing(self.model)
+        labels = self.options.get("labels") or getattr(self.model, "labels", None)
+        self.labels = list(labels) if labels else None
+        frame_encoder = None
+        if spec.name in FRAME_FEATURE_HEADS:
+            frame_encoder = blocks.create_block("efficientnet-lite0").eval().to(self.device)
+            if self.options.get("fold_bn", True):
+                frame_encoder.fold_batchnorm()
+        self.graph = ClassifyGraph(spec.name, self.model, frame_encoder, prep.mean, prep.std)
+        self.graph = self.graph.to(self.device).eval().requires_grad_(False)
+        self.prepare_runtime(self.graph)
+
     @torch.inference_mode()
     def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
-        x = (self.to_unit(frames) - self.mean) / self.std  # (B, T, 3, H, W)
-        with self.autocast():
-            feats, logits = self.features_and_logits(x)
+        feats, logits = self.forward_graph(frames)
         feats = feats.float().cpu().numpy()
         if self.embed_only:
             return [ClipResult(feature=f) for f in feats]

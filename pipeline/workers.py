@@ -158,12 +158,12 @@ class ModelWorker:
     """Ray actor: runs one model over clip batches; the model is built once per actor."""
 
     def __init__(self, model: dict, output: str, storage_options: dict, tracking_uri: str | None,
-                 drop_frames: bool):
+                 drop_frames: bool, clip_shape: tuple[int, int, int] | None = None):
         from pipeline.model_runners import build_runner
 
         self.spec = ModelSpec.model_validate(model)
         self.runner = build_runner(self.spec, output=output, storage_options=storage_options,
-                                   tracking_uri=tracking_uri)
+                                   tracking_uri=tracking_uri, clip_shape=clip_shape)
         self.column = RESULT_PREFIX + self.spec.output_key
         self.drop_frames = drop_frames
 

@@ -27,6 +27,7 @@ def isolated_env(tmp_path_factory):
 
     - ``MLFLOW_TRACKING_URI``: a sqlite store in a session temp dir; with no URI, MLflow 3
       writes ``mlflow.db`` into the current directory (the repository).
+    - ``VMB_CACHE_DIR``: converted model graphs go to a session temp dir, not ``~/.cache/vmb``.
     - ``RAY_DEDUP_LOGS=0``: Ray prints every worker's log line instead of collapsing repeats,
       so a failing test's output shows what each worker said.
 
@@ -37,6 +38,7 @@ def isolated_env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mp.setenv("RAY_DEDUP_LOGS", "0")
+        mp.setenv("VMB_CACHE_DIR", str(tmp_path_factory.mktemp("vmb-cache")))
         yield tracking_uri
 
 

@@ -79,7 +79,7 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
     expected = sum(len(plan_clips(p.num_frames, p.fps, spec.sampling)) for p in map(probe_video, videos))
     summary = report["summary"]
     assert summary["clips"] == expected > 0
-    assert summary["videos_ok"] == len(TINY_ARCHIVE) and summary["videos_failed"] == 0
+    assert summary["videos_ok"] == len(TINY_ARCHIVE) and summary["videos_failed"] == 0, summary
 
     clips = read_table(str(out), "clips")
     counts = clip_key_counts(clips)
