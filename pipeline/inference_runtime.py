@@ -58,7 +58,7 @@ def graph_key(module: torch.nn.Module, example: torch.Tensor, extra: dict[str, A
     """Content key of a converted graph: everything the trace depends on.
 
     Weights (every parameter and buffer), the module tree, the source files of its classes,
-    the input's dtype and per-sample shape, and the torch / OpenVINO versions.
+    the input's dtype and shape (the graph is static), and the torch / OpenVINO versions.
     """
     import openvino
 
@@ -73,7 +73,7 @@ def graph_key(module: torch.nn.Module, example: torch.Tensor, extra: dict[str, A
         if path and os.path.exists(path):
             h.update(Path(path).read_bytes())
     h.update(json.dumps({
-        "shape": list(example.shape[1:]), "dtype": str(example.dtype),
+        "shape": list(example.shape), "dtype": str(example.dtype),
         "torch": torch.__version__, "openvino": openvino.__version__, **extra,
     }, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
