@@ -6,16 +6,19 @@ weights: latency does not depend on them), one forward at the input size in ``IN
 reduces every input (and says so).
 
 Part B: efficientnet-lite0 inside frame-average, a batch of 8 real clips (8 frames at 224x224,
-decoded from the peers archive), eager fp32 against: channels_last; bf16 autocast; bf16
-weights (the ``bench.proto`` prototype); TorchScript trace + freeze (folds BatchNorm into the
-convolutions); ``torch.compile`` (default mode; compile time reported; full run only); int8
-dynamic quantisation (the spec's ``quantize = "int8"``: Linear layers only). Speed ratio vs
-eager fp32, max |logit difference| and top-1 agreement with eager fp32.
+decoded from the peers archive), eager fp32 against what the model runner can do: channels_last;
+BatchNorm folded (``fold_bn``, the runner's default in PyTorch); bf16 autocast; TorchScript
+trace + freeze; ``torch.compile`` (default mode; compile time reported; full run only); int8
+dynamic quantisation (the spec's ``quantize = "int8"``: Linear layers only); the graph compiled
+by OpenVINO in f32 (``runtime = "auto"``, the default on CPU) and bf16 (``precision = "bf16"``),
+conversion time from a cold graph cache. Speed ratio vs eager fp32, max |logit difference| and
+top-1 agreement with eager fp32, and operator profiles of the PyTorch and OpenVINO paths.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -136,8 +139,9 @@ def _real_clips(n: int) -> torch.Tensor:
 
 
 def part_b(settings: Settings) -> dict:
+    import tempfile
+
     import blocks
-    from bench.proto import apply_bf16
 
     torch.set_num_threads(2)
     batch = 2 if settings.quick else 8
@@ -148,39 +152,25 @@ def part_b(settings: Settings) -> dict:
     base = blocks.create_block("frame-average").eval()
     with torch.inference_mode():
         ref = base(x)
-    variants: dict[str, Callable[[], Callable]] = {}
 
     def eager():
         return base
 
     def channels_last():
-        m = blocks.create_block("frame-average").eval().to(memory_format=torch.channels_last)
-        return m
+        return blocks.create_block("frame-average").eval().to(memory_format=torch.channels_last)
+
+    def folded():
+        m = blocks.create_block("frame-average").eval()
+        m.encoder.fold_batchnorm()
+        return m.to(memory_format=torch.channels_last)
 
     def bf16_autocast():
-        m = channels_last()
+        m = folded()
 
         def f(v):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return m(v).float()
         return f
-
-    def bf16_weights():
-        return apply_bf16(blocks.create_block("frame-average").eval())
-
-    def fold_bn_fp32():
-        from bench.proto import fold_bn
-
-        m = channels_last()
-        fold_bn(m.encoder)
-        return m
-
-    def bf16_fold_bn():
-        from bench.proto import fold_bn
-
-        m = blocks.create_block("frame-average").eval()
-        fold_bn(m.encoder)
-        return apply_bf16(m)
 
     def jit_freeze():
         m = channels_last()
@@ -196,32 +186,49 @@ def part_b(settings: Settings) -> dict:
         return f
 
     def compiled():
-        m = channels_last()
-        f = torch.compile(m, dynamic=False)
-        return f
+        return torch.compile(folded(), dynamic=False)
 
     def int8_dynamic():
         m = blocks.create_block("frame-average").eval()
         return torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear, torch.nn.LSTM},
                                                       dtype=torch.qint8)
 
-    variants = {"eager fp32": eager, "channels_last": channels_last, "bf16 autocast (+cl)": bf16_autocast,
-                "bf16 weights (+cl) [proto]": bf16_weights,
-                "folded BN fp32 (+cl) [proto]": fold_bn_fp32,
-                "bf16 weights + folded BN (+cl) [proto]": bf16_fold_bn,
-                "TorchScript freeze (+cl)": jit_freeze,
-                "int8 dynamic (spec quantize)": int8_dynamic}
+    def openvino(precision: str):
+        from pipeline.inference_runtime import OpenVINOGraph
+
+        def make():
+            graph = OpenVINOGraph(folded().requires_grad_(False), x, precision=precision, threads=2)
+            return lambda v: torch.from_numpy(graph(v.numpy())[0])
+        return make
+
+    variants: dict[str, Callable[[], Callable]] = {
+        "eager fp32": eager, "channels_last": channels_last,
+        "folded BN (runtime=torch, fp32)": folded,
+        "folded BN + bf16 autocast (runtime=torch, bf16)": bf16_autocast,
+        "TorchScript freeze (+cl)": jit_freeze, "int8 dynamic (spec quantize)": int8_dynamic,
+        "OpenVINO f32 (runtime=auto, default)": openvino("fp32"),
+        "OpenVINO bf16 (precision=bf16)": openvino("bf16"),
+    }
     if not settings.quick:
-        variants["torch.compile (+cl)"] = compiled
+        variants["torch.compile (folded BN, +cl)"] = compiled
     built, build_s = {}, {}
-    for name, make in variants.items():
-        t0 = time.perf_counter()
-        fn = make()
-        with torch.inference_mode():
-            out = fn(x)  # first call: includes compilation for torch.compile
-        build_s[name] = time.perf_counter() - t0
-        built[name] = (fn, out.float())
-        log(f"blocks: built {name} in {build_s[name]:.1f} s")
+    with tempfile.TemporaryDirectory(prefix="vmb-graphs-") as cache:
+        previous = os.environ.get("VMB_CACHE_DIR")
+        os.environ["VMB_CACHE_DIR"] = cache  # cold: the conversion is part of the build time
+        try:
+            for name, make in variants.items():
+                t0 = time.perf_counter()
+                fn = make()
+                with torch.inference_mode():
+                    out = fn(x)  # first call: includes compilation for torch.compile
+                build_s[name] = time.perf_counter() - t0
+                built[name] = (fn, out.float())
+                log(f"blocks: built {name} in {build_s[name]:.1f} s")
+        finally:
+            if previous is None:
+                os.environ.pop("VMB_CACHE_DIR", None)
+            else:
+                os.environ["VMB_CACHE_DIR"] = previous
     repeats = 1 if settings.quick else settings.repeats
     times: dict[str, list[float]] = {k: [] for k in built}
     with torch.inference_mode():
@@ -238,10 +245,32 @@ def part_b(settings: Settings) -> dict:
                       "max_abs_logit_diff": float((out - ref).abs().max()),
                       "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
                       "build_or_compile_s": build_s[name]}
-    profiles = {name: profile(built[name][0], x)
-                for name in ("channels_last", "bf16 weights + folded BN (+cl) [proto]")}
+    profiles = {"folded BN (runtime=torch, fp32)": profile(built["folded BN (runtime=torch, fp32)"][0], x),
+                "OpenVINO f32 (runtime=auto, default)": openvino_profile(folded(), x)}
     return {"input": f"({batch}, {T}, 3, 224, 224) {'random' if settings.quick else 'real decoded clips'}",
             "threads": 2, "variants": rows, "profiles": profiles}
+
+
+def openvino_profile(module: torch.nn.Module, x: torch.Tensor, top: int = 6) -> list[dict]:
+    """OpenVINO's per-layer counters for one inference, summed per executed kernel type."""
+    import openvino as ov
+
+    from pipeline.inference_runtime import _convert
+
+    core = ov.Core()
+    compiled = core.compile_model(_convert(module.requires_grad_(False), x), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    request.infer([x.numpy()])
+    request.infer([x.numpy()])  # the second call: no first-run allocations
+    per_type: dict[str, list[float]] = {}
+    for info in request.profiling_info:
+        if info.status == info.Status.EXECUTED:
+            key = f"{info.node_type} ({info.exec_type})"
+            per_type.setdefault(key, []).append(info.real_time.total_seconds() * 1000)
+    total = sum(sum(v) for v in per_type.values()) or 1.0
+    rows = sorted(per_type.items(), key=lambda kv: sum(kv[1]), reverse=True)[:top]
+    return [{"op": k, "self_cpu_ms": sum(v), "share": sum(v) / total, "calls": len(v)} for k, v in rows]
 
 
 def profile(fn: Callable, x: torch.Tensor, top: int = 6) -> list[dict]:

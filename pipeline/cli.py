@@ -20,6 +20,7 @@ def _print_summary(result) -> None:
         ("resumed (videos, segments)", f"{s['resumed_videos_skipped']}, {s['resumed_segments_skipped']}"),
         ("throughput", f"{s['clips_per_s']:.2f} clips/s, {s['videos_per_s']:.2f} videos/s "
                        f"({s['run_s']:.1f} s processing, {s['wall_s']:.1f} s total)"),
+        ("first clip", f"{s['first_clip_s']:.1f} s into processing"),
         ("tables", f"{s['output']}/clips, {s['output']}/videos"),
         ("MLflow run", s.get("mlflow_run_id") or ("not tracked: " + result.tracking_error
                                                   if result.tracking_error else "tracking disabled")),

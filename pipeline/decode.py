@@ -1,11 +1,18 @@
 """Frame decoding behind one interface: decord (default) or PyAV, resized at decode.
 
 ``open_reader(backend, src, probe, size, resize, threads)`` returns a ``FrameReader`` whose
-``iter_frames(indices)`` yields ``(index, frame (H, W, 3) uint8)`` for sorted unique indices.
-Runs of nearby frames are decoded sequentially (decord's ``next()`` is about twice as fast as
-``get_batch`` over every frame); a gap longer than ``SEEK_GAP`` frames is crossed by an
-accurate seek, so sparse sampling costs what the needed frames cost, never more than a full
-sequential decode.
+``iter_frames(indices)`` yields ``(index, frame (H, W, 3) uint8)`` for sorted unique indices;
+``iter_clips`` crops those frames straight into each clip's ``(T, H, W, 3)`` array.
+
+What decord decodes (``DecordReader``): the needed frames with ``next()`` (sequential
+``next()`` is about twice as fast as ``get_batch`` over every frame); frames no clip needs are
+skipped -- decoded, since later frames depend on them, but never converted to RGB, resized or
+copied, which is 20-40 % of a frame's cost (the more, the smaller the source). A gap is crossed
+by a seek only when a keyframe more than ``SEEK_GAP`` frames ahead lies inside it (the seek then
+saves decoding everything up to that keyframe). So sparse sampling costs what the needed frames
+and the frames they depend on cost, never more than a full sequential decode, and a dense plan
+decodes exactly like the sequential loop. Frames are handed over without a copy (a read-only
+view of decord's buffer): the one copy is the centre crop into the clip array.
 
 Policies for bad input (each failure is a typed ``pipeline.errors`` error, recorded as the
 video's ``videos`` row by the workers; never a crash):
@@ -36,6 +43,7 @@ video's ``videos`` row by the workers; never a crash):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import io
 import logging
@@ -50,6 +58,10 @@ from pipeline.source import Source
 
 log = logging.getLogger(__name__)
 
+# A gap between needed frames is crossed by a seek only when a keyframe more than this many
+# frames ahead lies inside it. Below that, decoding through (without converting) costs about as
+# much as the seek, and stays exactly the sequential decode even for open-GOP streams, whose
+# leading pictures decode differently after a seek.
 SEEK_GAP = 48
 # Decode widths for which decord 0.6.0 returns frames of the wrong shape (FFmpeg pads rgb24 rows
 # and decord divides the padded row by the width); measured in tests/videos.py.
@@ -83,18 +95,12 @@ def centre_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return frame[top:top + size[0], left:left + size[1]]
 
 
-def _runs(indices: list[int]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and i - runs[-1][-1] <= SEEK_GAP:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
-
-
 class DecordReader:
-    """decord ``VideoReader`` resized at decode."""
+    """decord ``VideoReader`` resized at decode.
+
+    ``iter_frames`` yields read-only views of decord's frame buffers (each view keeps its
+    buffer alive), so a frame is never copied before its centre crop lands in a clip.
+    """
 
     def __init__(self, src: Source, height: int, width: int, threads: int):
         import decord
@@ -105,45 +111,51 @@ class DecordReader:
         try:
             self._vr = decord.VideoReader(src, ctx=decord.cpu(0), width=width, height=height,
                                           num_threads=threads)
+            self._keys = sorted(int(k) for k in self._vr.get_key_indices())
         except decord.DECORDError as err:
             raise _classify_decord_error(err) from None
         self.num_frames = len(self._vr)
-        self._pos = 0
-        self._decoded = 0
+        self._pos = 0  # the frame decord's next() returns
+        self._decoded = 0  # frames decoded or skipped so far: zero means the stream never decoded
+        self._times: tuple[list[float], list[float]] | None = None
 
     def frame_span(self, index: int) -> tuple[float, float] | None:
+        """From decord's frame index (every packet's pts, read when the file was opened): frame
+        ``index`` shows from its pts until the next frame's pts, the last frame for its packet
+        duration."""
+        if self._times is None:
+            self._times = self._read_times()
+        starts, stops = self._times
+        if not 0 <= index < len(starts):
+            return None
+        start = starts[index]
+        end = starts[index + 1] if index + 1 < self.num_frames else stops[index]
+        return (start, end) if end > start else None
+
+    def _read_times(self) -> tuple[list[float], list[float]]:
         import decord
 
         try:
-            start = float(self._vr.get_frame_timestamp(index)[0])
-            if index + 1 < self.num_frames:
-                end = float(self._vr.get_frame_timestamp(index + 1)[0])
-            else:
-                end = float(self._vr.get_frame_timestamp(index)[1])
+            table = self._vr.get_frame_timestamp(range(self.num_frames))  # (N, 2) float32 seconds
         except (decord.DECORDError, IndexError):
-            return None
-        return (start, end) if end > start else None
+            return [], []
+        return table[:, 0].tolist(), table[:, 1].tolist()
 
     def iter_frames(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         import decord
 
         try:
-            for run in _runs(indices):
-                if run[0] != self._pos:
-                    self._vr.seek_accurate(run[0])
-                    self._pos = run[0]
-                wanted = set(run)
-                while self._pos <= run[-1]:
-                    frame = self._vr.next()
-                    self._decoded += 1
-                    if self._pos in wanted:
-                        array = frame.asnumpy()
-                        if array.shape != self.shape:
-                            raise errors.CorruptVideoError(
-                                f"decoder returned a frame of shape {array.shape} at frame "
-                                f"{self._pos}, expected {self.shape}")
-                        yield self._pos, array
-                    self._pos += 1
+            for index in indices:
+                if index != self._pos:
+                    self._move_to(index)
+                array = np.from_dlpack(_DLPackFrame(self._vr.next()))  # a view, not a copy
+                self._decoded += 1
+                self._pos = index + 1
+                if array.shape != self.shape:
+                    raise errors.CorruptVideoError(
+                        f"decoder returned a frame of shape {array.shape} at frame {index}, "
+                        f"expected {self.shape}")
+                yield index, array
         except StopIteration:
             raise errors.TruncatedError(
                 f"the stream ends at frame {self._pos}, its index promises {self.num_frames}") from None
@@ -153,6 +165,47 @@ class DecordReader:
                     f"no frame decodes: {_first_line(err)}") from None
             raise errors.CorruptVideoError(
                 f"decoding failed at frame {self._pos}: {_first_line(err)}") from None
+
+    def _move_to(self, target: int) -> None:
+        """Make ``target`` the frame ``next()`` returns, decoding as little as the stream allows.
+
+        decord's ``seek_accurate`` to a frame in the current GOP skips to it (decodes without
+        converting); across a keyframe it seeks, checks where it landed, and skips. Its
+        ``skip_frames`` would also seek, unchecked, whenever a skip reaches a keyframe, so a gap
+        decoded through a keyframe stops one frame short of it and ``next()``s that frame.
+        """
+        keys = self._keys
+        while self._pos != target:
+            after = bisect.bisect_right(keys, self._pos)  # the first keyframe past the position
+            crossing = self._pos < target and after < len(keys) and keys[after] <= target
+            needs = keys[bisect.bisect_right(keys, target) - 1] if crossing else 0  # target's key
+            if crossing and needs - self._pos <= SEEK_GAP:
+                stop = keys[after] - 1
+                if stop > self._pos:
+                    self._vr.seek_accurate(stop)  # a skip within the GOP
+                self._vr.next()
+                stop += 1
+            else:
+                self._vr.seek_accurate(target)  # a skip within the GOP, a far seek, or backwards
+                stop = target
+            self._decoded += abs(stop - self._pos)
+            self._pos = stop
+
+
+class _DLPackFrame:
+    """Hands a decord NDArray to ``np.from_dlpack``: numpy holds decord's buffer (no copy) and
+    releases it when the array goes."""
+
+    __slots__ = ("_nd",)
+
+    def __init__(self, nd):
+        self._nd = nd
+
+    def __dlpack__(self, **_):
+        return self._nd.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU: decord decodes on ctx=cpu(0)
 
 
 class PyAVReader:
@@ -255,13 +308,18 @@ def open_reader(backend: str, src: Source, probe: VideoProbe, size: tuple[int, i
 
 def iter_clips(reader: FrameReader, clips: list[ClipPlan], size: tuple[int, int]
                ) -> Iterator[tuple[ClipPlan, np.ndarray]]:
-    """Yield ``(clip, frames (T, H, W, 3) uint8)`` in clip order, holding only frames still needed.
+    """Yield ``(clip, frames (T, H, W, 3) uint8)`` in clip order, holding one clip at a time.
 
     Every planned clip is yielded, or a typed error is raised: a caller counting clips never
     waits for one that silently went missing. Frame indices beyond what the decoder finds
     (headers can over-count) are clamped to the last decodable frame. The yielded clip carries
     the decoder's timestamps as ``start_s``/``end_s`` when the reader has them (see the module
     docstring).
+
+    Frames are cropped straight into the array of the clip to be yielded next. A frame that a
+    later clip needs too (overlapping clips, frames out of order) is also held -- the decoder's
+    frame itself, not a copy -- until that clip is next; so memory holds one clip plus the frames
+    that clips share, and a frame is copied once per clip it appears in.
 
     Raises:
         TruncatedError: the stream ended before a planned frame.
@@ -271,23 +329,53 @@ def iter_clips(reader: FrameReader, clips: list[ClipPlan], size: tuple[int, int]
     if last < 0:
         raise errors.CorruptVideoError("decoder found no frames")
     plans = [(c, [min(i, last) for i in c.frame_indices]) for c in clips]
-    needed = sorted({i for _, idx in plans for i in idx})
-    cache: dict[int, np.ndarray] = {}
-    pending = list(plans)
-    for index, frame in reader.iter_frames(needed):
+    slots: dict[int, list[tuple[int, int]]] = {}  # frame index -> [(plan number, position)]
+    for p, (_, idx) in enumerate(plans):
+        for t, i in enumerate(idx):
+            slots.setdefault(i, []).append((p, t))
+    ends = [max(idx) for _, idx in plans]
+    held: dict[int, list] = {}  # frame index -> [frame, positions in later clips still to fill]
+    head, frames = 0, None  # the next clip to yield and its (T, H, W, 3) array, once started
+    for index, frame in reader.iter_frames(sorted(slots)):
         if frame.shape[:2] != size:
             frame = centre_crop(frame, size)
-        cache[index] = frame
-        while pending and max(pending[0][1]) <= index:
-            clip, idx = pending.pop(0)
-            yield _with_times(clip, idx, reader), np.stack([cache[i] for i in idx])  # (T, H, W, 3)
-            keep_from = min(pending[0][1]) if pending else index + 1
-            for i in [i for i in cache if i < keep_from]:
-                del cache[i]
-    if pending:
+        later = 0
+        for p, t in slots.pop(index):
+            if p != head:
+                later += 1
+                continue
+            if frames is None:
+                frames = np.empty((len(plans[p][1]), *size, 3), np.uint8)
+            frames[t] = frame
+        if later:
+            held[index] = [frame, later]
+        while head < len(plans) and ends[head] <= index:
+            clip, idx = plans[head]
+            yield _with_times(clip, idx, reader), frames
+            head += 1
+            frames = _start_clip(plans[head][1], held, size) if head < len(plans) else None
+    if head < len(plans):
         raise errors.TruncatedError(
-            f"the stream ends before frame {max(pending[0][1])} of the {reader.num_frames} "
+            f"the stream ends before frame {ends[head]} of the {reader.num_frames} "
             "its index promises")
+
+
+def _start_clip(indices: list[int], held: dict[int, list], size: tuple[int, int]
+                ) -> np.ndarray | None:
+    """The array of the clip that is now next, with the frames already decoded for it (taken
+    from ``held``, which lets go of each frame once no clip still needs it); None if none is."""
+    frames = None
+    for t, i in enumerate(indices):
+        entry = held.get(i)
+        if entry is None:
+            continue
+        if frames is None:
+            frames = np.empty((len(indices), *size, 3), np.uint8)
+        frames[t] = entry[0]
+        entry[1] -= 1
+        if not entry[1]:
+            del held[i]
+    return frames
 
 
 def _with_times(clip: ClipPlan, indices: list[int], reader: FrameReader) -> ClipPlan:

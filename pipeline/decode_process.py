@@ -79,15 +79,20 @@ class IsolatedDecoder:
         self.restarts += 1
 
     def run(self, args: tuple, timeout_s: float) -> Iterator[dict]:
-        """Yield the child's rows; raise DecodeTimeoutError / WorkerCrashError on hang / crash."""
+        """Yield the child's rows; raise DecodeTimeoutError / WorkerCrashError on hang / crash.
+
+        ``timeout_s`` bounds the time spent waiting for the child, not the time the caller holds
+        this generator suspended: downstream backpressure pauses a long segment's decode for as
+        long as the models need to catch up, and that is not a hang.
+        """
         if self._proc is None or not self._proc.is_alive():
             self._start()
         self._request_id += 1
         request_id = self._request_id
         self._conn.send((request_id, args))
-        deadline = time.monotonic() + timeout_s
+        remaining = timeout_s  # of waiting for the child; time suspended at `yield` is not counted
         while True:
-            remaining = deadline - time.monotonic()
+            waited_from = time.monotonic()
             if remaining <= 0 or not self._conn.poll(remaining):
                 self._kill()
                 raise errors.DecodeTimeoutError(f"decode did not finish within {timeout_s:g} s")
@@ -97,6 +102,7 @@ class IsolatedDecoder:
                 code = self._proc.exitcode if self._proc else None
                 self._kill()
                 raise errors.WorkerCrashError(f"decoder process died (exit code {code})") from None
+            remaining -= time.monotonic() - waited_from
             tag, payload = msg
             if tag != request_id:
                 continue  # left over from a request whose reader stopped early

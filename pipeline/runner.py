@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -27,7 +28,7 @@ from pipeline.sampling import plan_clips, split_segments
 from pipeline.sink import TableSink
 from pipeline.spec import JobSpec
 from pipeline.uris import redact, redact_uri
-from pipeline.workers import RESULT_PREFIX, DecodeWorker, ModelWorker, probe_row
+from pipeline.workers import RESULT_PREFIX, DecodeWorker, ModelWorker, error_fields, probe_row
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,13 @@ class _Collector:
         self.label_counts: Counter[str] = Counter()
         self.decode_s = 0.0
         self.infer_s = 0.0
+        self.first_row_at: float | None = None  # when the first clip came out of the models
 
     def add(self, row: dict[str, Any]) -> None:
         """Take one row from the last stage. Retried tasks may repeat rows: clips are keyed by
         index, and rows of an already published segment are ignored."""
+        if self.first_row_at is None:
+            self.first_row_at = time.time()
         key = (str(row["video_id"]), int(row["segment_index"]))
         if key in self.closed:
             return
@@ -245,9 +249,20 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
     tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment,
                          spec.mlflow.run_name or job_id, fail_fast=spec.mlflow.fail_fast) \
         if spec.mlflow.enabled else None
-    # Tracking first: with mlflow.fail_fast an unreachable server fails the job before Ray starts.
-    run_id = tracker.start(redact(spec.model_dump()), {"job_id": job_id}) if tracker else None
-    ray = _init_ray(spec, address)
+    # The MLflow run starts while Ray starts (each takes seconds), except with mlflow.fail_fast:
+    # then an unreachable server fails the job before Ray starts.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmb-tracking") as pool:
+        starting = pool.submit(tracker.start, redact(spec.model_dump()), {"job_id": job_id}) \
+            if tracker else None
+        if starting and spec.mlflow.fail_fast:
+            starting.result()
+        try:
+            ray = _init_ray(spec, address)
+        except BaseException:
+            if starting and starting.exception() is None:
+                tracker.end("FAILED")
+            raise
+        run_id = starting.result() if starting else None
     if tracker:
         tracker.set_tags(runtime_tags())
     sink.write_job(_job_doc(spec, job_id, run_id, started, None, None))
@@ -288,18 +303,41 @@ class _Plan:
     resumed_segments: int = 0
 
 
+def _probe_all(rows: list[dict[str, Any]], storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Probe every video in Ray tasks, one per video, in parallel across the cluster.
+
+    A probe reads a header (milliseconds), so these are plain tasks: a Ray Data pipeline costs
+    seconds of start-up for the same work. A worker that dies on a file (a crashing demuxer) is
+    retried once, then the video is recorded as ``WorkerCrash``; an unexpected exception in the
+    probe is recorded under its own type. Neither stops the job.
+    """
+    import ray
+    from ray.exceptions import RayTaskError
+
+    probe = ray.remote(num_cpus=0.25, max_retries=1, retry_exceptions=False)(probe_row)
+    refs = [probe.remote(row, storage_options) for row in rows]
+    out = []
+    for row, ref in zip(rows, refs):
+        try:
+            out.append(ray.get(ref))
+        except RayTaskError as err:
+            failed = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
+            out.append({"task": json.dumps(VideoTask.from_row(row).to_row()), "probe": "",
+                        **error_fields(failed)})
+        except ray.exceptions.RayError as err:  # the worker process died
+            crash = errors.WorkerCrashError(f"the probe worker died on this file: {err}")
+            out.append({"task": json.dumps(VideoTask.from_row(row).to_row()), "probe": "",
+                        **error_fields(crash)})
+    return out
+
+
 def _plan(spec: JobSpec, videos: dict[str, _VideoState], published: set[tuple[str, int, str]],
           file_keys: list[str]) -> _Plan:
     """Probe the videos to do (Ray tasks), plan their clips and segments, skip published ones."""
-    import ray.data as rd
-
     plan = _Plan()
     if not videos:
         return plan
-    probed = rd.from_items([vs.task.to_row() for vs in videos.values()]).map(
-        probe_row, fn_kwargs={"storage_options": spec.storage_options}, num_cpus=0.25,
-    ).take_all()
-    for row in probed:
+    for row in _probe_all([vs.task.to_row() for vs in videos.values()], spec.storage_options):
         task = VideoTask.from_row(json.loads(row["task"]))
         vs = videos[task.video_id]
         if row["status"] != "ok":
@@ -327,6 +365,47 @@ def _plan(spec: JobSpec, videos: dict[str, _VideoState], published: set[tuple[st
     return plan
 
 
+# Model batches of decoded clips the object store may hold per model actor. Ray Data hands an
+# actor two batches at once (one running, one queued) and splits the job's budget between the
+# stages, so three batches of budget keep two at the actor: the model never waits for a decoder
+# faster than it, and that decoder cannot fill the store. With 2.5 or 2 the model waits between
+# batches (docs/BENCHMARKS.md §4).
+BATCHES_AHEAD = 3
+# Blocks a running Ray Data task may hold in its output buffer (Ray Data's streaming-generator
+# default): the decode stage needs this much room per actor to keep decoding.
+_BLOCKS_PER_TASK = 2
+
+
+def clip_bytes(spec: JobSpec) -> int:
+    """Bytes of one decoded clip: ``clip_len`` frames of (H, W, 3) uint8."""
+    height, width = spec.sampling.size
+    return spec.sampling.clip_len * height * width * 3
+
+
+def stream_memory_limit(spec: JobSpec) -> int:
+    """Object-store bytes the streaming stages of ``spec`` may use: ``BATCHES_AHEAD`` batches of
+    decoded clips per model actor (every model but the last passes the frames on, so each has
+    such a queue in front of it) plus the output buffers of the running decode tasks."""
+    clips = sum(BATCHES_AHEAD * m.actors * m.batch_size for m in spec.models)
+    clips += _BLOCKS_PER_TASK * spec.decode.actors
+    return clips * clip_bytes(spec)
+
+
+def _bound_memory(ds, spec: JobSpec) -> None:
+    """Cap the object store the job's stream may use, on the Dataset's own ``DataContext`` (a
+    copy taken when ``ds`` was created), so no other Dataset or job in the process is affected.
+
+    Left alone, Ray Data lets a decoder that outruns the model queue decoded clips up to half
+    the object store, so memory grew with the archive. Blocks of one clip let backpressure act
+    clip by clip; with Ray Data's default 128 MiB blocks a long segment would move ~100 clips
+    (224x224, 8 frames) at a time, more than the whole cap.
+    """
+    options = ds.context.execution_options
+    limit = min(stream_memory_limit(spec), options.resource_limits.object_store_memory)
+    options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
+    ds.context.target_max_block_size = clip_bytes(spec)
+
+
 def _stream(spec: JobSpec, plan: _Plan, ray, collector: _Collector) -> None:
     """Decode actors → one actor pool per model (Ray Data streaming) → the collector."""
     import ray.data as rd
@@ -338,6 +417,7 @@ def _stream(spec: JobSpec, plan: _Plan, ray, collector: _Collector) -> None:
          for s in plan.segments],
         override_num_blocks=len(plan.segments),
     )
+    _bound_memory(ds, spec)
     ds = ds.flat_map(
         DecodeWorker,
         fn_constructor_kwargs={"sampling": spec.sampling.model_dump(), "decode": spec.decode.model_dump(),
@@ -350,7 +430,8 @@ def _stream(spec: JobSpec, plan: _Plan, ray, collector: _Collector) -> None:
             fn_constructor_kwargs={"model": model.model_dump(), "output": spec.output,
                                    "storage_options": spec.storage_options,
                                    "tracking_uri": spec.mlflow.tracking_uri,
-                                   "drop_frames": i == len(spec.models) - 1},
+                                   "drop_frames": i == len(spec.models) - 1,
+                                   "clip_shape": (spec.sampling.clip_len, *spec.sampling.size)},
             batch_size=model.batch_size, batch_format="numpy",
             compute=rd.ActorPoolStrategy(size=model.actors),
             num_cpus=model_cpus[i], num_gpus=model_gpus[i] or None,
@@ -393,6 +474,7 @@ def _summarise(spec: JobSpec, job_id: str, run_id: str | None, listing, collecto
         "decode_s": collector.decode_s, "infer_s": collector.infer_s,
         "resumed_videos_skipped": resumed_videos, "resumed_segments_skipped": resumed_segments,
         "wall_s": ended - started, "run_s": wall,
+        "first_clip_s": (collector.first_row_at or ended) - t_run,
         "videos_per_s": len(done) / wall, "clips_per_s": collector.clips_written / wall,
         "error_fraction": fraction, "within_error_budget": fraction <= spec.max_error_fraction,
     }

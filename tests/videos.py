@@ -140,6 +140,7 @@ def make_video(
     codec: str = "libx264",
     pattern: str = "moving",
     seed: int = 0,
+    gop: int | None = None,
 ) -> str:
     """Write a constant-frame-rate video of ``synth_frames(num_frames, size, pattern, seed)``.
 
@@ -151,6 +152,8 @@ def make_video(
         codec: ``libx264``, ``mpeg4``, ``mjpeg`` or ``ffv1``.
         pattern: see the module docstring.
         seed: varies the colours (and the photo's path).
+        gop: frames from one keyframe to the next (None: the encoder's default, 250 for libx264,
+            12 for mpeg4); libx264 keeps its B-frames and closed GOPs.
 
     Returns:
         ``str(path)``.
@@ -159,7 +162,7 @@ def make_video(
     frames = synth_frames(num_frames, size, pattern, seed)
     rate = Fraction(fps).limit_denominator(100_000)
     pts = [i for i in range(num_frames)]
-    _write(path, frames, codec, time_base=1 / rate, pts=pts, rate=rate)
+    _write(path, frames, codec, time_base=1 / rate, pts=pts, rate=rate, gop=gop)
     return path
 
 
@@ -287,7 +290,7 @@ def make_manifest(
 
 
 def _write(path: str, frames: np.ndarray, codec: str, *, time_base: Fraction, pts: list[int],
-           rate: Fraction | None) -> None:
+           rate: Fraction | None, gop: int | None = None) -> None:
     if codec not in CODEC_CONTAINERS:
         raise ValueError(f"codec must be one of {sorted(CODEC_CONTAINERS)}, got {codec!r}")
     suffix = os.path.splitext(path)[1].lower()
@@ -307,6 +310,10 @@ def _write(path: str, frames: np.ndarray, codec: str, *, time_base: Fraction, pt
             # Fixed quantiser 2 (ffmpeg -q:v 2: high quality), so decoded content is predictable.
             stream.codec_context.qscale = True
             stream.codec_context.global_quality = 2 * _FF_QP2LAMBDA
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+            if codec == "libx264":
+                stream.options = {**stream.options, "keyint_min": str(gop), "sc_threshold": "0"}
         for frame_pts, frame in zip(pts, frames):
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts, vf.time_base = frame_pts, time_base
