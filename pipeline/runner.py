@@ -365,12 +365,12 @@ def _plan(spec: JobSpec, videos: dict[str, _VideoState], published: set[tuple[st
     return plan
 
 
-# Model batches of decoded clips the object store may hold per model actor. Ray Data hands an
-# actor two batches at once (one running, one queued) and splits the job's budget between the
-# stages, so three batches of budget keep two at the actor: the model never waits for a decoder
-# faster than it, and that decoder cannot fill the store. With 2.5 or 2 the model waits between
-# batches (docs/BENCHMARKS.md §4).
-BATCHES_AHEAD = 3
+# Model batches of decoded clips the object store may hold per model actor. Measured on the
+# overlap benchmark's 249 clips (OpenVINO model, 2 cores): with 3 batches and one-clip blocks the
+# model actor sat idle half the time (8.7 clips/s); with blocks of one batch and 8 batches of
+# budget it is fed (14.7 clips/s, against 16 with no cap at all). The cap stays a constant of the
+# job (about 80 MB for classify.toml), whatever the archive's size.
+BATCHES_AHEAD = 8
 # Blocks a running Ray Data task may hold in its output buffer (Ray Data's streaming-generator
 # default): the decode stage needs this much room per actor to keep decoding.
 _BLOCKS_PER_TASK = 2
@@ -382,12 +382,18 @@ def clip_bytes(spec: JobSpec) -> int:
     return spec.sampling.clip_len * height * width * 3
 
 
+def block_clips(spec: JobSpec) -> int:
+    """Clips per Ray Data block: one batch of the first model (blocks of single clips cost Ray
+    Data a scheduling round trip per clip, which starved the model)."""
+    return min(m.batch_size for m in spec.models)
+
+
 def stream_memory_limit(spec: JobSpec) -> int:
     """Object-store bytes the streaming stages of ``spec`` may use: ``BATCHES_AHEAD`` batches of
     decoded clips per model actor (every model but the last passes the frames on, so each has
     such a queue in front of it) plus the output buffers of the running decode tasks."""
     clips = sum(BATCHES_AHEAD * m.actors * m.batch_size for m in spec.models)
-    clips += _BLOCKS_PER_TASK * spec.decode.actors
+    clips += _BLOCKS_PER_TASK * spec.decode.actors * block_clips(spec)
     return clips * clip_bytes(spec)
 
 
@@ -396,14 +402,14 @@ def _bound_memory(ds, spec: JobSpec) -> None:
     copy taken when ``ds`` was created), so no other Dataset or job in the process is affected.
 
     Left alone, Ray Data lets a decoder that outruns the model queue decoded clips up to half
-    the object store, so memory grew with the archive. Blocks of one clip let backpressure act
-    clip by clip; with Ray Data's default 128 MiB blocks a long segment would move ~100 clips
-    (224x224, 8 frames) at a time, more than the whole cap.
+    the object store, so memory grew with the archive. Blocks of one model batch let
+    backpressure act batch by batch; with Ray Data's default 128 MiB blocks a long segment would
+    move ~100 clips (224x224, 8 frames) at a time, more than the whole cap.
     """
     options = ds.context.execution_options
     limit = min(stream_memory_limit(spec), options.resource_limits.object_store_memory)
     options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
-    ds.context.target_max_block_size = clip_bytes(spec)
+    ds.context.target_max_block_size = clip_bytes(spec) * block_clips(spec)
 
 
 def _stream(spec: JobSpec, plan: _Plan, ray, collector: _Collector) -> None:

@@ -11,7 +11,7 @@ import pytest
 from pipeline import errors
 from pipeline.decode_process import IsolatedDecoder
 from pipeline.probe import probe_video
-from pipeline.runner import BATCHES_AHEAD, clip_bytes, run_job, stream_memory_limit
+from pipeline.runner import BATCHES_AHEAD, block_clips, clip_bytes, run_job, stream_memory_limit
 from pipeline.sampling import plan_clips
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 from tests.videos import make_video
@@ -24,8 +24,9 @@ def test_limit_is_a_few_model_batches_of_decoded_clips():
     clip = 4 * 64 * 64 * 3  # clip_len 4, 64x64, RGB uint8
     assert clip_bytes(spec) == clip
     # BATCHES_AHEAD batches per model actor, both models (the first passes frames on), plus two
-    # one-clip output blocks per decode actor
-    assert stream_memory_limit(spec) == (BATCHES_AHEAD * (2 * 4 + 3) + 2 * 2) * clip
+    # output blocks of one (smallest) batch per decode actor
+    assert block_clips(spec) == 3
+    assert stream_memory_limit(spec) == (BATCHES_AHEAD * (2 * 4 + 3) + 2 * 2 * 3) * clip
     bigger = tiny_spec("in", "out", models=models, decode={"actors": 2},
                        sampling={"clip_len": 8, "size": [128, 96]})
     assert stream_memory_limit(bigger) == 6 * stream_memory_limit(spec)  # 2x frames, 3x pixels
@@ -37,7 +38,8 @@ def test_job_runs_under_its_own_limit_and_keeps_every_clip(ray_session, tmp_path
     root = tmp_path / "in"
     root.mkdir()
     videos = [make_video(root / f"v{i}.mp4", num_frames=240, fps=12.0, seed=i) for i in range(3)]
-    spec = tiny_spec(str(root), str(tmp_path / "out"), sampling={"segment_s": 8.0})
+    spec = tiny_spec(str(root), str(tmp_path / "out"), sampling={"segment_s": 8.0},
+                     models=[{"name": "frame-average", "batch_size": 2}])
     expected = sum(len(plan_clips(probe_video(v).num_frames, probe_video(v).fps, spec.sampling))
                    for v in videos)
     limit = stream_memory_limit(spec)
@@ -58,7 +60,7 @@ def test_job_runs_under_its_own_limit_and_keeps_every_clip(ray_session, tmp_path
 
     stream = executed[-1]
     assert stream.execution_options.resource_limits.object_store_memory == limit
-    assert stream.target_max_block_size == clip_bytes(spec)
+    assert stream.target_max_block_size == clip_bytes(spec) * block_clips(spec)
     assert (shared.execution_options.resource_limits, shared.target_max_block_size) == before
     assert rd.DataContext.get_current() is shared and stream is not shared
 
