@@ -35,7 +35,8 @@ import torch
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # options.precision -> OpenVINO's hint
+PRECISIONS = tuple(_OV_PRECISION)
 # Largest |compiled - eager| accepted when a graph is converted, relative to max(1, max |eager|),
 # checked in f32 whatever precision the job runs at: f32 differs by summation order only.
 _TOLERANCE = 1e-3
@@ -54,7 +55,7 @@ def cache_dir() -> Path:
     return Path(root) / "openvino"
 
 
-def graph_key(module: torch.nn.Module, example: torch.Tensor, extra: dict[str, Any]) -> str:
+def graph_key(module: torch.nn.Module, example: torch.Tensor) -> str:
     """Content key of a converted graph: everything the trace depends on.
 
     Weights (every parameter and buffer), the module tree, the source files of its classes,
@@ -74,7 +75,7 @@ def graph_key(module: torch.nn.Module, example: torch.Tensor, extra: dict[str, A
             h.update(Path(path).read_bytes())
     h.update(json.dumps({
         "shape": list(example.shape), "dtype": str(example.dtype),
-        "torch": torch.__version__, "openvino": openvino.__version__, **extra,
+        "torch": torch.__version__, "openvino": openvino.__version__,
     }, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
@@ -153,10 +154,8 @@ class OpenVINOGraph:
                  threads: int):
         import openvino as ov
 
-        if precision not in _OV_PRECISION:
-            raise ValueError(f"precision must be one of {sorted(_OV_PRECISION)}, got {precision!r}")
         self.shape = tuple(example.shape)
-        self.key = graph_key(module, example, {})
+        self.key = graph_key(module, example)
         core = ov.Core()
         path = cache_dir() / f"{self.key}.xml"
         model, self.cached = None, False
@@ -230,5 +229,5 @@ def compile_for_cpu(module: torch.nn.Module, example: torch.Tensor, *, runtime: 
     return graph
 
 
-__all__ = ["RUNTIMES", "ConversionMismatch", "OpenVINOGraph", "RuntimeUnavailable", "cache_dir", "compile_for_cpu",
-           "graph_key", "openvino_available"]
+__all__ = ["PRECISIONS", "RUNTIMES", "ConversionMismatch", "OpenVINOGraph", "RuntimeUnavailable",
+           "cache_dir", "compile_for_cpu", "graph_key", "openvino_available"]

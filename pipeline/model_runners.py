@@ -95,16 +95,16 @@ def check_model_spec(spec: ModelSpec) -> None:
 
 def check_runtime_options(spec: ModelSpec, task: TaskKind) -> None:
     """``options.runtime`` / ``options.precision`` that cannot be honoured fail before Ray starts."""
-    from pipeline.inference_runtime import RUNTIMES, openvino_available
+    from pipeline.inference_runtime import PRECISIONS, RUNTIMES, openvino_available
 
     runtime = spec.options.get("runtime", "auto")
     if runtime not in RUNTIMES:
         raise ModelConfigError(f"model {spec.output_key!r}: options.runtime must be one of "
                                f"{list(RUNTIMES)}, got {runtime!r}")
     precision = spec.options.get("precision", "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ModelConfigError(f"model {spec.output_key!r}: options.precision must be 'fp32' or "
-                               f"'bf16', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ModelConfigError(f"model {spec.output_key!r}: options.precision must be one of "
+                               f"{list(PRECISIONS)}, got {precision!r}")
     if runtime != "openvino":
         return
     if task not in ("classify", "embed"):
@@ -156,6 +156,7 @@ class ModelRunner:
             config.setdefault("vision_dim", 1280)  # efficientnet-lite0 features
         self.model = blocks.create_block(spec.name, weights=weights, **config).eval().to(self.device)
         self.model_version = os.path.basename(weights) if weights else "builtin"
+        check_runtime_options(spec, infer_task(spec))  # also when built outside a job
         self._optimise_for_inference()
         self.runtime = "torch"
         self._graph: torch.nn.Module | None = None
@@ -182,11 +183,8 @@ class ModelRunner:
                 encoder.fold_batchnorm()
         if self.options.get("channels_last", True):
             self.model = self.model.to(memory_format=torch.channels_last)
-        precision = self.options.get("precision", "fp32")
-        if precision not in ("fp32", "bf16"):
-            raise ModelConfigError(f"options.precision must be 'fp32' or 'bf16', got {precision!r}")
-        self.precision = precision
-        self.cpu_bf16 = precision == "bf16" and self.device.type == "cpu"
+        self.precision = self.options.get("precision", "fp32")
+        self.cpu_bf16 = self.precision == "bf16" and self.device.type == "cpu"
         if self.options.get("quantize") == "int8" and self.device.type == "cpu":
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear, torch.nn.LSTM},
                                                                 dtype=torch.qint8)
@@ -314,9 +312,8 @@ class ClassifyRunner(ModelRunner):
             frame_encoder = blocks.create_block("efficientnet-lite0").eval().to(self.device)
             if self.options.get("fold_bn", True):
                 frame_encoder.fold_batchnorm()
-        self.graph = ClassifyGraph(spec.name, self.model, frame_encoder, prep.mean, prep.std)
-        self.graph = self.graph.to(self.device).eval().requires_grad_(False)
-        self.prepare_runtime(self.graph)
+        graph = ClassifyGraph(spec.name, self.model, frame_encoder, prep.mean, prep.std)
+        self.prepare_runtime(graph.to(self.device).eval().requires_grad_(False))
 
     @torch.inference_mode()
     def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:

@@ -320,14 +320,13 @@ def _probe_all(rows: list[dict[str, Any]], storage_options: dict[str, Any]) -> l
     for row, ref in zip(rows, refs):
         try:
             out.append(ray.get(ref))
+            continue
         except RayTaskError as err:
             failed = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
-            out.append({"task": json.dumps(VideoTask.from_row(row).to_row()), "probe": "",
-                        **error_fields(failed)})
         except ray.exceptions.RayError as err:  # the worker process died
-            crash = errors.WorkerCrashError(f"the probe worker died on this file: {err}")
-            out.append({"task": json.dumps(VideoTask.from_row(row).to_row()), "probe": "",
-                        **error_fields(crash)})
+            failed = errors.WorkerCrashError(f"the probe worker died on this file: {err}")
+        out.append({"task": json.dumps(VideoTask.from_row(row).to_row()), "probe": "",
+                    **error_fields(failed)})
     return out
 
 
