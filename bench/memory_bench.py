@@ -9,7 +9,7 @@ libraries), the same way for both archives.
 
 Figures: peak(200 videos) / peak(20 videos) of RSS and of object-store use; target <= 1.2 each
 (memory must not grow with the archive: the pipeline streams, and each job caps the decoded
-clips it may hold in the object store, see ``pipeline.runner.stream_memory_limit``). The quick
+clips it may hold in the object store, see ``pipeline.resources.stream_memory_limit``). The quick
 archives (3 and 12 clips) are smaller than that cap, so their object-store ratio only shows
 the archive size.
 """
@@ -90,7 +90,7 @@ def measure(archive: Path, tmp: Path) -> dict:
     import ray
 
     from bench.overlap_bench import job_spec
-    from pipeline.runner import run_job
+    from pipeline.job import run_job
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     sampler = Sampler()

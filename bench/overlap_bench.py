@@ -7,7 +7,7 @@ On the same archive and settings, in this process:
 - ``model only``   the model runner (``pipeline.model_runners.build_runner``, as the model actor
                    builds it) over the same clips, pre-decoded, in batches of the job's
                    ``batch_size``, with the threads the model actor gets: clips/s and CPU s/clip;
-- ``end to end``   ``pipeline.runner.run_job`` (Ray started beforehand, so not counted; probing,
+- ``end to end``   ``pipeline.job.run_job`` (Ray started beforehand, so not counted; probing,
                    actor start-up and model build are counted): ``summary["clips_per_s"]``, and
                    the steady rate after the first clip (``summary["first_clip_s"]``).
 
@@ -85,7 +85,7 @@ def model_only(spec, clips: list[np.ndarray]) -> tuple[float, float]:
 
 def end_to_end(spec) -> tuple[float, float]:
     """(clips/s over run_job, clips/s after the first clip was written)."""
-    from pipeline.runner import run_job
+    from pipeline.job import run_job
 
     summary = run_job(spec).summary
     steady = summary["clips"] / max(1e-9, summary["run_s"] - summary["first_clip_s"])

@@ -18,6 +18,7 @@ import logging
 import posixpath
 import tarfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -42,11 +43,11 @@ class ArchiveError(ValueError):
 
 @dataclass
 class ArchiveListing:
+    """A whole listing in memory: for tools and tests over small archives. Jobs stream the
+    listing (:func:`iter_archive`) and never hold it whole."""
+
     tasks: list[VideoTask] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
-
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 def is_video_name(name: str) -> bool:
@@ -62,13 +63,39 @@ def unsafe_member_name(name: str) -> bool:
 
 
 def list_archive(uri: str, storage_options: Mapping[str, Any] | None = None) -> ArchiveListing:
-    """List every video task of the archive at ``uri``.
+    """Every video task of the archive at ``uri``, in memory (see :func:`iter_archive`).
 
     Raises:
         ArchiveError: the URI does not exist, cannot be read, or holds no video at all.
     """
+    skipped: Counter[str] = Counter()
+    tasks = list(iter_archive(uri, storage_options, skipped))
+    if not tasks:
+        raise ArchiveError(f"input {redact_uri(uri)} holds no video (skipped: {dict(skipped)})")
+    return ArchiveListing(tasks, dict(skipped))
+
+
+def check_archive(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise ``ArchiveError`` now if ``uri`` cannot be listed or holds no video; reads the
+    listing only up to its first video, so it costs the same for any archive size."""
+    skipped: Counter[str] = Counter()
+    if next(iter_archive(uri, storage_options, skipped), None) is None:
+        raise ArchiveError(f"input {redact_uri(uri)} holds no video (skipped: {dict(skipped)})")
+
+
+def iter_archive(uri: str, storage_options: Mapping[str, Any] | None = None,
+                 skipped: Counter[str] | None = None) -> Iterator[VideoTask]:
+    """The video tasks of the archive at ``uri``, streamed in a deterministic order.
+
+    Folders are walked one directory at a time (names sorted), manifests read in record
+    batches: memory stays bounded by one directory or one batch, whatever the archive's size.
+    Files skipped as not videos are counted in ``skipped`` (reason -> count).
+
+    Raises:
+        ArchiveError: the URI does not exist or cannot be listed.
+    """
+    skipped = skipped if skipped is not None else Counter()
     fs, path = filesystem(uri, storage_options)
-    listing = ArchiveListing()
     lower = path.lower()
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
@@ -78,51 +105,59 @@ def list_archive(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
             if not files:
                 raise ArchiveError(f"no file matches {redact_uri(uri)}")
             for f in files:
-                _list_file(fs, prefix + f, f, listing, uri)
+                yield from _list_file(fs, prefix + f, f, skipped, uri)
         elif lower.endswith(MANIFEST_EXTENSIONS) and fs.isfile(path):
-            _list_manifest(fs, path, prefix, listing, storage_options)
+            yield from _list_manifest(fs, path, prefix, skipped, storage_options)
         elif fs.isdir(path):
-            for f in sorted(fs.find(path)):
+            for f in _walk_files(fs, path):
                 rel = posixpath.relpath(f, path)
-                _list_file(fs, prefix + f, f, listing, uri, member_key=rel)
+                yield from _list_file(fs, prefix + f, f, skipped, uri, member_key=rel)
         elif fs.isfile(path):
-            _list_file(fs, prefix + path, path, listing, uri)
+            yield from _list_file(fs, prefix + path, path, skipped, uri)
         else:
             raise ArchiveError(f"input {redact_uri(uri)} does not exist")
     except (OSError, *network_errors()) as err:
         raise ArchiveError(f"cannot list input {redact_uri(uri)}: {redact_uri(str(err))}") from None
-    if not listing.tasks:
-        raise ArchiveError(f"input {redact_uri(uri)} holds no video (skipped: {listing.skipped})")
-    return listing
 
 
-def _list_file(fs, full_uri: str, path: str, listing: ArchiveListing, archive_uri: str,
-               member_key: str | None = None, label: str | None = None) -> None:
+def _walk_files(fs, root: str) -> Iterator[str]:
+    """Files under ``root``, depth first, names sorted in each directory; one directory listed
+    at a time (``fs.find`` would hold the whole tree)."""
+    entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
+    for entry in entries:
+        name = entry["name"].rstrip("/")
+        if entry.get("type") == "directory":
+            yield from _walk_files(fs, name)
+        else:  # files, and links that lead nowhere (they get a row with their error)
+            yield name
+
+
+def _list_file(fs, full_uri: str, path: str, skipped: Counter[str], archive_uri: str,
+               member_key: str | None = None, label: str | None = None) -> Iterator[VideoTask]:
     lower = path.lower()
     if lower.endswith(".tar"):
-        _list_tar(fs, full_uri, path, listing, label)
+        yield from _list_tar(fs, full_uri, path, skipped, label)
     elif lower.endswith(".zip"):
-        _list_zip(fs, full_uri, path, listing, label)
+        yield from _list_zip(fs, full_uri, path, skipped, label)
     elif is_video_name(path):
         key = member_key if member_key is not None else path
         try:
             size = int(fs.size(path))
         except OSError as err:  # e.g. a dangling symlink: its own row, not a failed listing
-            listing.tasks.append(VideoTask(make_video_id(archive_uri, key, 0), full_uri, full_uri, 0,
-                                           label=label, problem=f"SourceRead: cannot stat: {err}"))
+            yield VideoTask(make_video_id(archive_uri, key, 0), full_uri, full_uri, 0,
+                            label=label, problem=f"SourceRead: cannot stat: {err}")
             return
-        listing.tasks.append(VideoTask(make_video_id(archive_uri, key, size), full_uri, full_uri,
-                                       size, label=label))
+        yield VideoTask(make_video_id(archive_uri, key, size), full_uri, full_uri, size, label=label)
     else:
-        listing.skip("not a video")
+        skipped["not a video"] += 1
 
 
-def _shard_problem(listing: ArchiveListing, full_uri: str, container: str, where: str,
-                   label: str | None, problem: str) -> None:
-    """A row for a damaged part of a shard (``where`` is ``""`` or ``"@OFFSET"``)."""
+def _shard_problem(full_uri: str, container: str, where: str, label: str | None,
+                   problem: str) -> VideoTask:
+    """A task for a damaged part of a tar/zip file (``where`` is ``""`` or ``"@OFFSET"``)."""
     log.warning("%s: %s", redact_uri(full_uri), problem)
-    listing.tasks.append(VideoTask(make_video_id(full_uri, where, 0), f"{full_uri}#{where}", full_uri,
-                                   0, container=container, member=where, label=label, problem=problem))
+    return VideoTask(make_video_id(full_uri, where, 0), f"{full_uri}#{where}", full_uri, 0,
+                     container=container, member=where, label=label, problem=problem)
 
 
 def _read_tar_headers(f, ignore_zeros: bool) -> tuple[list[tarfile.TarInfo], int, str | None]:
@@ -147,7 +182,8 @@ def _read_tar_headers(f, ignore_zeros: bool) -> tuple[list[tarfile.TarInfo], int
         members.append(info)
 
 
-def _list_tar(fs, full_uri: str, path: str, listing: ArchiveListing, label: str | None) -> None:
+def _list_tar(fs, full_uri: str, path: str, skipped: Counter[str],
+              label: str | None) -> Iterator[VideoTask]:
     """Read tar headers only (members are located by offset, never extracted).
 
     Damage is recorded, never fatal, and never hides other members: a member whose data the end
@@ -172,17 +208,17 @@ def _list_tar(fs, full_uri: str, path: str, listing: ArchiveListing, label: str 
                 again, _, _ = _read_tar_headers(f, ignore_zeros=True)
                 recovered = [m for m in again if m.offset > damaged_at]
     except OSError as err:
-        _shard_problem(listing, full_uri, "tar", "", label, f"SourceRead: cannot read tar: {err}")
+        yield _shard_problem(full_uri, "tar", "", label, f"SourceRead: cannot read tar: {err}")
         return
     if damaged_at is not None:
-        _shard_problem(listing, full_uri, "tar", f"@{damaged_at}", label,
-                       f"CorruptArchive: damaged tar at byte {damaged_at}: {error}; "
-                       f"{len(recovered)} later member(s) recovered by scanning")
+        yield _shard_problem(full_uri, "tar", f"@{damaged_at}", label,
+                             f"CorruptArchive: damaged tar at byte {damaged_at}: {error}; "
+                             f"{len(recovered)} later member(s) recovered by scanning")
     for m in members + recovered:
         if not m.isfile():
             continue
         if not is_video_name(m.name):
-            listing.skip("not a video")
+            skipped["not a video"] += 1
             continue
         problem = None
         if unsafe_member_name(m.name):
@@ -190,56 +226,78 @@ def _list_tar(fs, full_uri: str, path: str, listing: ArchiveListing, label: str 
         elif m.offset_data + m.size > size:
             problem = (f"Truncated: tar member {m.name!r} needs bytes up to {m.offset_data + m.size}, "
                        f"the shard ends at {size}")
-        listing.tasks.append(VideoTask(
+        yield VideoTask(
             make_video_id(full_uri, m.name, m.size), f"{full_uri}#{m.name}", full_uri, m.size,
-            container="tar", member=m.name, data_offset=m.offset_data, label=label, problem=problem))
+            container="tar", member=m.name, data_offset=m.offset_data, label=label, problem=problem)
 
 
-def _list_zip(fs, full_uri: str, path: str, listing: ArchiveListing, label: str | None) -> None:
+def _list_zip(fs, full_uri: str, path: str, skipped: Counter[str],
+              label: str | None) -> Iterator[VideoTask]:
     """Read the zip's central directory. A zip without a readable one is one ``CorruptArchive``
     row (``shard.zip#``); a member with damaged data fails later, when it is read."""
     try:
         with fs.open(path, "rb") as f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError) as err:
-        _shard_problem(listing, full_uri, "zip", "", label, f"CorruptArchive: corrupt zip: {err}")
+        yield _shard_problem(full_uri, "zip", "", label, f"CorruptArchive: corrupt zip: {err}")
         return
     except OSError as err:
-        _shard_problem(listing, full_uri, "zip", "", label, f"SourceRead: cannot read zip: {err}")
+        yield _shard_problem(full_uri, "zip", "", label, f"SourceRead: cannot read zip: {err}")
         return
     for info in infos:
         if info.is_dir():
             continue
         if not is_video_name(info.filename):
-            listing.skip("not a video")
+            skipped["not a video"] += 1
             continue
         problem = (f"UnsafeMemberName: {info.filename!r} escapes the archive"
                    if unsafe_member_name(info.filename) else None)
-        listing.tasks.append(VideoTask(
+        yield VideoTask(
             make_video_id(full_uri, info.filename, info.file_size), f"{full_uri}#{info.filename}",
             full_uri, info.file_size, container="zip", member=info.filename, label=label,
-            problem=problem))
+            problem=problem)
+
+
+_MANIFEST_BATCH = 8192  # records read at a time from a Parquet or CSV manifest
 
 
 def _manifest_rows(fs, path: str) -> Iterator[tuple[str, str | None]]:
+    """``(entry, label)`` per record, read in batches (a 10M-row manifest is never whole in
+    memory). The entry column is the first of ``uri``, ``path``, ``video``, ``url`` present,
+    else the first column."""
     lower = path.lower()
     with fs.open(path, "rb") as f:
-        data = f.read()
-    if lower.endswith((".txt", ".lst")):
-        for line in data.decode().splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                yield line.strip(), None
-        return
-    table = pq.read_table(io.BytesIO(data)) if lower.endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
-    names = table.column_names
-    uri_col = next((c for c in ("uri", "path", "video", "url") if c in names), names[0])
-    labels = table.column("label").to_pylist() if "label" in names else [None] * table.num_rows
-    for uri, label in zip(table.column(uri_col).to_pylist(), labels):
-        yield str(uri), (None if label is None else str(label))
+        if lower.endswith((".txt", ".lst")):
+            for raw in io.TextIOWrapper(f, encoding="utf-8"):
+                line = raw.strip()
+                if line and not line.startswith("#"):
+                    yield line, None
+            return
+        if lower.endswith(".parquet"):
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            uri_col = _uri_column(names)
+            cols = [uri_col] + (["label"] if "label" in names else [])
+            batches = pf.iter_batches(batch_size=_MANIFEST_BATCH, columns=cols)
+        else:
+            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 20))
+            names = reader.schema.names
+            uri_col = _uri_column(names)
+            batches = reader
+        for batch in batches:
+            uris = batch.column(uri_col).to_pylist()
+            labels = (batch.column("label").to_pylist() if "label" in batch.schema.names
+                      else [None] * len(uris))
+            for uri, label in zip(uris, labels):
+                yield str(uri), (None if label is None else str(label))
 
 
-def _list_manifest(fs, path: str, prefix: str, listing: ArchiveListing,
-                   storage_options: Mapping[str, Any] | None) -> None:
+def _uri_column(names: list[str]) -> str:
+    return next((c for c in ("uri", "path", "video", "url") if c in names), names[0])
+
+
+def _list_manifest(fs, path: str, prefix: str, skipped: Counter[str],
+                   storage_options: Mapping[str, Any] | None) -> Iterator[VideoTask]:
     base = posixpath.dirname(path)
     for entry, label in _manifest_rows(fs, path):
         if "://" in entry:
@@ -250,7 +308,7 @@ def _list_manifest(fs, path: str, prefix: str, listing: ArchiveListing,
             efs, epath, eprefix = fs, entry if entry.startswith("/") else posixpath.join(base, entry), prefix
         full = epath if "://" in epath else eprefix + epath  # http(s) paths are whole URLs
         if not efs.exists(epath):
-            listing.tasks.append(VideoTask(make_video_id(full, "", 0), full, full, 0, label=label,
-                                           problem=f"SourceRead: {redact_uri(full)} does not exist"))
+            yield VideoTask(make_video_id(full, "", 0), full, full, 0, label=label,
+                            problem=f"SourceRead: {redact_uri(full)} does not exist")
             continue
-        _list_file(efs, full, epath, listing, full, member_key="", label=label)
+        yield from _list_file(efs, full, epath, skipped, full, member_key="", label=label)

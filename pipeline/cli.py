@@ -39,7 +39,7 @@ def _print_summary(result) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipeline.runner import run_job
+    from pipeline.job import run_job
     from pipeline.spec import load_spec
 
     spec, text = load_spec(args.spec, args.set)
@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from pipeline.query import query, write_result
-    from pipeline.runner import run_job
+    from pipeline.job import run_job
     from pipeline.sample import make_sample_archive
     from pipeline.spec import load_spec
 

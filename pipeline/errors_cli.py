@@ -10,7 +10,7 @@ USER_ERRORS = frozenset({
     "pipeline.spec.SpecError",
     "pipeline.archive.ArchiveError",
     "pipeline.model_runners.ModelConfigError",
-    "pipeline.runner.OutputConflictError",
+    "pipeline.job.OutputConflictError",
     "pipeline.query.QueryError",
     "pipeline.similar.SimilarityError",
     "pipeline.submit.SubmitError",

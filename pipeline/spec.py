@@ -96,6 +96,7 @@ class JobSpec(_Strict):
     output: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
     max_error_fraction: float = Field(1.0, ge=0, le=1)
+    shard_size: int = Field(1000, ge=1)
     sampling: SamplingSpec = SamplingSpec()
     decode: DecodeSpec = DecodeSpec()
     models: list[ModelSpec] = Field(min_length=1)
@@ -111,9 +112,11 @@ class JobSpec(_Strict):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of what determines the rows: input, sampling and models. Resume checks it."""
+        """Hash of what determines the rows and where they go: input, sampling, models and shard
+        size. Resume checks it."""
         basis = {
             "input": self.input,
+            "shard_size": self.shard_size,
             "sampling": self.sampling.model_dump(),
             "models": [m.model_dump() for m in self.models],
         }

@@ -48,12 +48,14 @@ VIDEOS_SCHEMA = pa.schema([
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("codec", pa.string()),
+    ("rotation", pa.int32()),
     ("num_clips", pa.int32()),
     ("status", pa.string()),
     ("error_type", pa.string()),
     ("error_message", pa.string()),
     ("decode_s", pa.float64()),
     ("infer_s", pa.float64()),
+    ("decode_backend", pa.string()),
 ])
 
 VIDEO_STATUSES = ("ok", "error", "timeout", "skipped")

@@ -11,7 +11,8 @@ import pytest
 from pipeline import errors
 from pipeline.decode_process import IsolatedDecoder
 from pipeline.probe import probe_video
-from pipeline.runner import BATCHES_AHEAD, block_clips, clip_bytes, run_job, stream_memory_limit
+from pipeline.job import run_job
+from pipeline.resources import BATCHES_AHEAD, block_clips, clip_bytes, stream_memory_limit
 from pipeline.sampling import plan_clips
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 from tests.videos import make_video

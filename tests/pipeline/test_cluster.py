@@ -32,7 +32,7 @@ DRIVER = """
 import json, sys
 import ray
 from ray.cluster_utils import Cluster
-from pipeline.runner import run_job
+from pipeline.job import run_job
 from tests.pipeline.jobs_util import tiny_spec
 
 archive, output = sys.argv[1:3]

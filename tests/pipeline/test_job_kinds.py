@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import blocks
-from pipeline.runner import run_job
+from pipeline.job import run_job
 from pipeline.spec import load_spec
 from tests.pipeline.jobs_util import clip_key_counts, read_table
 from tests.videos import make_video

@@ -10,7 +10,7 @@ import pytest
 from pipeline.archive import list_archive
 from pipeline.model_runners import ModelConfigError
 from pipeline.probe import probe_video
-from pipeline.runner import OutputConflictError, run_job
+from pipeline.job import OutputConflictError, run_job
 from pipeline.sampling import plan_clips
 from pipeline.spec import SpecError, parse_spec
 from tests.pipeline.jobs_util import TINY_SAMPLING, clip_key_counts, read_table, tiny_spec

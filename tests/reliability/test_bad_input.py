@@ -22,7 +22,7 @@ from pipeline import errors
 from pipeline.archive import list_archive
 from pipeline.decode import iter_clips, open_reader
 from pipeline.probe import probe_video
-from pipeline.runner import run_job
+from pipeline.job import run_job
 from pipeline.sampling import plan_clips
 from pipeline.source import read_source
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec

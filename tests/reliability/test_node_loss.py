@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from ray.cluster_utils import Cluster
     import ray
-    from pipeline.runner import run_job
+    from pipeline.job import run_job
     from tests.pipeline.jobs_util import tiny_spec
 
     archive, out = sys.argv[1], sys.argv[2]

@@ -14,7 +14,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from pipeline.query import query
-from pipeline.runner import run_job
+from pipeline.job import run_job
 from tests.pipeline.conftest import free_port, s3_server  # noqa: F401 (a fixture)
 from tests.pipeline.jobs_util import tiny_spec
 from tests.videos import make_tar, make_video

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from pipeline import cli
 from pipeline import runner as runner_module
 from pipeline.query import query
-from pipeline.runner import run_job
+from pipeline.job import run_job
 from tests.pipeline.conftest import free_port, s3_server  # noqa: F401 (a fixture)
 from tests.pipeline.jobs_util import read_table, tiny_spec
 from tests.videos import make_tar, make_video, make_zip

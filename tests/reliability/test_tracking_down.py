@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import cli
 from pipeline import runner as runner_module
-from pipeline.runner import run_job
+from pipeline.job import run_job
 from pipeline.tracking import TrackingUnavailableError
 from tests.pipeline.conftest import (  # noqa: F401 (unused_port is a fixture)
     _kill_group, _wait_healthy, free_port, unused_port)

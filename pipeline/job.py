@@ -1,0 +1,315 @@
+"""``run_job(spec)``: a job's lifecycle, on the driver.
+
+1. check what can be checked before Ray starts: models and weights, output access, job
+   identity, and that the input lists at least one video (read up to its first video only);
+2. start Ray and the MLflow run side by side; read the committed shard markers (resume);
+3. run the stream (``pipeline.stream``): listing -> probe -> decode -> models -> shard writer,
+   all on workers; the driver reads the writers' status rows and, as each shard completes,
+   starts its commit (``pipeline.shard_commit``) as a Ray task;
+4. summarise from the commits' counts; track the run; write ``_job.json``.
+
+The driver holds state per open shard and per committed shard's counts, never per video of the
+archive, and receives no frames, features or predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.archive import check_archive
+from pipeline.listing_source import listing_report_uri
+from pipeline.model_runners import check_model_spec, check_weights
+from pipeline.output import JobOutput, clips_file, marker_file, videos_file
+from pipeline.resources import COMMIT_CPUS
+from pipeline.shard_commit import Relist, commit_shard
+from pipeline.shard_tracker import ReadyShard, ShardTracker
+from pipeline.shards import ShardMarker
+from pipeline.spec import JobSpec
+from pipeline.stream import build_stream, iter_status
+from pipeline.uris import filesystem, redact, redact_uri
+
+log = logging.getLogger(__name__)
+
+
+class JobFailedError(RuntimeError):
+    """The job ran but more videos failed than ``max_error_fraction`` allows."""
+
+
+class OutputConflictError(ValueError):
+    """The output URI holds the tables of a different job (other input, sampling, models or
+    shard size)."""
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    output: str
+    run_id: str | None
+    summary: dict[str, Any]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    tracking_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.summary.get("within_error_budget", True) else 1
+
+
+def job_id_for(spec: JobSpec) -> str:
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in spec.name)[:40]
+    return f"{slug}-{spec.fingerprint()[:10]}"
+
+
+def validate(spec: JobSpec) -> JobOutput:
+    """Every check that needs no Ray: models and weights, output access, job identity, input.
+
+    Raises:
+        ModelConfigError, OSError, OutputConflictError, ArchiveError.
+    """
+    for model in spec.models:
+        check_model_spec(model)
+        if model.weights:
+            check_weights(model, spec.mlflow.tracking_uri)
+    out = JobOutput(spec.output, spec.storage_options)
+    try:
+        out.check_writable()
+    except (OSError, PermissionError, ValueError) as err:
+        raise OSError(f"output {redact_uri(spec.output)} is not writable: {err}") from None
+    previous = out.read_job()
+    if previous and previous.get("fingerprint") not in (None, spec.fingerprint()):
+        raise OutputConflictError(
+            f"output {redact_uri(spec.output)} holds job {previous.get('job_id')} with a different "
+            "input, sampling, model list or shard size; choose another output URI")
+    check_archive(spec.input, spec.storage_options)
+    return out
+
+
+def _init_ray(spec: JobSpec, address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # "local": start a fresh instance rather than join whatever cluster /tmp/ray points at
+        ray.init(address="local", num_cpus=spec.ray.num_cpus,
+                 object_store_memory=spec.ray.object_store_memory,
+                 include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None = None,
+            progress: bool = False) -> JobResult:
+    """Run ``spec`` to completion; see the module docstring for the stages."""
+    from pipeline.tracking import JobTracker, runtime_tags
+
+    cpu_started, started = time.process_time(), time.time()
+    out = validate(spec)
+    job_id = job_id_for(spec)
+    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment,
+                         spec.mlflow.run_name or job_id, fail_fast=spec.mlflow.fail_fast) \
+        if spec.mlflow.enabled else None
+    # The MLflow run starts while Ray starts (each takes seconds), except with mlflow.fail_fast:
+    # then an unreachable server fails the job before Ray starts.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmb-tracking") as pool:
+        starting = pool.submit(tracker.start, redact(spec.model_dump()), {"job_id": job_id}) \
+            if tracker else None
+        if starting and spec.mlflow.fail_fast:
+            starting.result()
+        try:
+            ray = _init_ray(spec, address)
+        except BaseException:
+            if starting and starting.exception() is None:
+                tracker.end("FAILED")
+            raise
+        run_id = starting.result() if starting else None
+    if tracker:
+        tracker.set_tags(runtime_tags())
+    out.write_job(_job_doc(spec, job_id, run_id, started, None, None))
+    try:
+        result = _execute(spec, out, job_id, run_id, ray, started, cpu_started, progress, tracker,
+                          spec_text)
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    if tracker:
+        tracker.end("FINISHED" if result.exit_code == 0 else "FAILED")
+        result.tracking_error = tracker.failed
+    return result
+
+
+def _job_doc(spec: JobSpec, job_id: str, run_id: str | None, started: float, ended: float | None,
+             counts: dict[str, Any] | None) -> dict[str, Any]:
+    from pipeline.tracking import runtime_tags
+
+    return {
+        "job_id": job_id, "fingerprint": spec.fingerprint(), "spec": redact(spec.model_dump()),
+        "versions": {k.removeprefix("vmb.version."): v for k, v in runtime_tags().items()
+                     if k.startswith("vmb.version.")},
+        "mlflow_run_id": run_id,
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "ended": datetime.fromtimestamp(ended, timezone.utc).isoformat() if ended else None,
+        "counts": counts or {},
+    }
+
+
+@dataclass
+class _Totals:
+    """What the commits of this run report, summed (no per-video state)."""
+
+    videos_processed: int = 0
+    clips: int = 0
+    decode_s: float = 0.0
+    infer_s: float = 0.0
+    statuses: Counter[str] = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    shards_committed: int = 0
+    commit_nodes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, counts: dict[str, Any]) -> None:
+        self.videos_processed += counts["videos_processed"]
+        self.clips += counts["clips_new"]
+        self.decode_s += counts["decode_s"]
+        self.infer_s += counts["infer_s"]
+        self.statuses.update(counts["statuses"])
+        self.labels.update(counts["labels"])
+        self.failures.extend(counts["failures"])
+        self.shards_committed += 1
+        self.commit_nodes[counts["marker"]["node_id"]] += 1
+
+
+class _Commits:
+    """Shard commits in flight, as Ray tasks; their counts go into ``totals`` as they finish."""
+
+    def __init__(self, spec: JobSpec, ray, totals: _Totals):
+        self.spec, self.ray, self.totals = spec, ray, totals
+        self.task = ray.remote(num_cpus=COMMIT_CPUS, max_retries=3)(commit_shard)
+        self.pending: list[Any] = []
+
+    def submit(self, ready: ReadyShard, relist: bool = False) -> None:
+        spec = self.spec
+        self.pending.append(self.task.remote(
+            output=spec.output, storage_options=spec.storage_options, index=ready.index,
+            key=ready.key, parts=ready.parts, models=[m.output_key for m in spec.models],
+            merge_with_committed=ready.merge_with_committed, incomplete=ready.incomplete,
+            relist=Relist(spec.input, spec.storage_options, spec.shard_size) if relist else None))
+
+    def poll(self, wait: bool = False) -> None:
+        if not self.pending:
+            return
+        done, self.pending = self.ray.wait(self.pending, num_returns=len(self.pending),
+                                           timeout=None if wait else 0)
+        for counts in self.ray.get(done):
+            self.totals.add(counts)
+
+
+def _remove_shards_beyond(out: JobOutput, markers: dict[int, ShardMarker], count: int,
+                          models: list[str]) -> None:
+    """Committed shards past the end of today's listing (the archive shrank): their videos are
+    gone or in earlier shards now, so their files would repeat or keep stale rows."""
+    for index in sorted(i for i in markers if i >= count):
+        for uri in [clips_file(out.output, index, m) for m in models] + [
+                videos_file(out.output, index), marker_file(out.output, index)]:
+            fs, path = filesystem(uri, out.storage_options)
+            if fs.exists(path):
+                fs.rm(path)
+
+
+def _execute(spec: JobSpec, out: JobOutput, job_id: str, run_id: str | None, ray, started: float,
+             cpu_started: float, progress: bool, tracker, spec_text: str | None) -> JobResult:
+    import ray.data as rd
+
+    if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
+        rd.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    markers = out.markers()
+    run = uuid.uuid4().hex[:12]
+    versions = {m.output_key: os.path.basename(m.weights) if m.weights else "builtin"
+                for m in spec.models}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="clip", desc=spec.name, dynamic_ncols=True)
+    t_run = time.time()
+    timeline: list[tuple[float, int]] = [(0.0, 0)]
+    shards, totals = ShardTracker(), _Totals()
+    commits = _Commits(spec, ray, totals)
+    received = 0
+    ds = build_stream(spec, ray, job_id=job_id, run=run, markers=markers, versions=versions)
+    for status in iter_status(ds):
+        received += status.nbytes
+        before = shards.clips_seen
+        for ready in shards.add(status):
+            commits.submit(ready)
+        commits.poll()
+        timeline.append((time.time() - t_run, shards.clips_seen))
+        if bar is not None:
+            bar.update(shards.clips_seen - before)
+            bar.set_postfix(shards=totals.shards_committed, refresh=False)
+    for ready in shards.close_all():
+        log.error("shard %d ended incomplete: %d video(s) short", ready.index, len(ready.incomplete))
+        commits.submit(ready, relist=True)
+    commits.poll(wait=True)
+    if bar is not None:
+        bar.close()
+    listing = out.read_json(listing_report_uri(spec.output, run)) or {}
+    _remove_shards_beyond(out, markers, int(listing.get("shards", len(markers))),
+                          [m.output_key for m in spec.models])
+    out.remove_staging()
+
+    ended = time.time()
+    summary = _summarise(spec, job_id, run_id, listing, totals, shards, len(markers), received,
+                         started, cpu_started, t_run, ended)
+    if tracker:
+        metrics = {k: float(v) for k, v in summary.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics.update({f"failures_{k}": float(v) for k, v in summary["failures_by_type"].items()})
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(spec_text or "", summary, totals.failures, timeline, dict(totals.labels))
+    out.write_job(_job_doc(spec, job_id, run_id, started, ended, summary))
+    return JobResult(job_id, spec.output, run_id, summary, totals.failures)
+
+
+def _summarise(spec: JobSpec, job_id: str, run_id: str | None, listing: dict[str, Any],
+               totals: _Totals, shards: ShardTracker, markers: int, received: int, started: float,
+               cpu_started: float, t_run: float, ended: float) -> dict[str, Any]:
+    failures = totals.failures
+    wall = max(1e-9, ended - t_run)
+    done = totals.videos_processed
+    fraction = len(failures) / max(1, done)
+    return {
+        "job_id": job_id, "output": redact_uri(spec.output), "mlflow_run_id": run_id,
+        "videos": int(listing.get("videos", done)), "videos_processed": done,
+        "videos_ok": totals.statuses.get("ok", 0), "videos_failed": len(failures),
+        "videos_skipped": totals.statuses.get("skipped", 0),
+        "videos_by_status": dict(totals.statuses),
+        "failures_by_type": dict(Counter(f["error_type"] for f in failures)),
+        "skipped_files": dict(listing.get("skipped_files", {})),
+        "clips": totals.clips, "frames_decoded": shards.clips_seen * spec.sampling.clip_len,
+        "decode_s": totals.decode_s, "infer_s": totals.infer_s,
+        "shards": int(listing.get("shards", 0)), "shards_committed": totals.shards_committed,
+        "shard_markers_found": markers,
+        "resumed_videos_skipped": int(listing.get("resumed_videos", 0)),
+        "resumed_shards_skipped": int(listing.get("resumed_shards", 0)),
+        "commit_nodes": dict(totals.commit_nodes),
+        "wall_s": ended - started, "run_s": wall,
+        "first_clip_s": (shards.first_clip_at or ended) - t_run,
+        "videos_per_s": done / wall, "clips_per_s": totals.clips / wall,
+        "driver_cpu_s": time.process_time() - cpu_started,
+        "driver_received_bytes": received,
+        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "error_fraction": fraction, "within_error_budget": fraction <= spec.max_error_fraction,
+    }

@@ -1,0 +1,89 @@
+"""What each stage of a job's stream asks of the cluster: CPUs, GPUs and object-store memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.spec import JobSpec
+
+# CPUs of the small stages: the listing read task, the probe actor, the writer tasks and the
+# shard commits. They are reserved first, so that actor pools sized to the cluster never leave
+# them unschedulable (on a 2-CPU node that deadlocks the stream).
+LISTING_CPUS = 0.1
+PROBE_CPUS = 0.25
+WRITER_CPUS = 0.1
+COMMIT_CPUS = 0.1
+SMALL_STAGES_CPUS = LISTING_CPUS + PROBE_CPUS + WRITER_CPUS + COMMIT_CPUS
+
+# Model batches of decoded clips the object store may hold per model actor. Measured on the
+# overlap benchmark's 249 clips (OpenVINO model, 2 cores): with 3 batches and one-clip blocks the
+# model actor sat idle half the time (8.7 clips/s); with blocks of one batch and 8 batches of
+# budget it is fed (14.7 clips/s, against 16 with no cap at all). The cap stays a constant of the
+# job (about 80 MB for classify.toml), whatever the archive's size.
+BATCHES_AHEAD = 8
+# Blocks a running Ray Data task may hold in its output buffer (Ray Data's streaming-generator
+# default): the decode stage needs this much room per actor to keep decoding.
+_BLOCKS_PER_TASK = 2
+
+
+@dataclass(frozen=True)
+class StageResources:
+    decode_cpus: float
+    model_cpus: list[float]
+    model_gpus: list[float]
+
+
+def fit_resources(spec: JobSpec, ray) -> StageResources:
+    """Per-actor CPU and GPU requests, scaled so every stage fits the cluster, and capped at the
+    largest node's CPUs (an actor runs on one node). Torch threads still follow the spec's own
+    ``num_cpus``."""
+    total_cpu = float(ray.cluster_resources().get("CPU", 1))
+    node_cpu = max((float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
+                   default=total_cpu)
+    total_gpu = float(ray.cluster_resources().get("GPU", 0))
+    decode = spec.decode.actors * spec.decode.num_cpus
+    models = [m.actors * m.num_cpus for m in spec.models]
+    budget = max(0.5, total_cpu - SMALL_STAGES_CPUS)
+    scale = min(1.0, budget / max(1e-9, decode + sum(models)))
+    gpus = [(m.num_gpus if m.num_gpus is not None else (1.0 if total_gpu >= 1 else 0.0))
+            for m in spec.models]
+
+    def fit(cpus: float) -> float:
+        return min(cpus * scale, max(0.1, node_cpu - SMALL_STAGES_CPUS))
+
+    return StageResources(fit(spec.decode.num_cpus), [fit(m.num_cpus) for m in spec.models], gpus)
+
+
+def clip_bytes(spec: JobSpec) -> int:
+    """Bytes of one decoded clip: ``clip_len`` frames of (H, W, 3) uint8."""
+    height, width = spec.sampling.size
+    return spec.sampling.clip_len * height * width * 3
+
+
+def block_clips(spec: JobSpec) -> int:
+    """Clips per Ray Data block: one batch of the first model (blocks of single clips cost Ray
+    Data a scheduling round trip per clip, which starved the model)."""
+    return min(m.batch_size for m in spec.models)
+
+
+def stream_memory_limit(spec: JobSpec) -> int:
+    """Object-store bytes the streaming stages of ``spec`` may use: ``BATCHES_AHEAD`` batches of
+    decoded clips per model actor (every model but the last passes the frames on, so each has
+    such a queue in front of it) plus the output buffers of the running decode tasks."""
+    clips = sum(BATCHES_AHEAD * m.actors * m.batch_size for m in spec.models)
+    clips += _BLOCKS_PER_TASK * spec.decode.actors * block_clips(spec)
+    return clips * clip_bytes(spec)
+
+
+def bound_memory(ds, spec: JobSpec) -> None:
+    """Cap the object store the job's stream may use, on the Dataset's own ``DataContext`` (a
+    copy taken when ``ds`` was created), so no other Dataset or job in the process is affected.
+
+    Left alone, Ray Data lets a decoder that outruns the model queue decoded clips up to half
+    the object store, so memory grew with the archive. Blocks of one model batch let
+    backpressure act batch by batch.
+    """
+    options = ds.context.execution_options
+    limit = min(stream_memory_limit(spec), options.resource_limits.object_store_memory)
+    options.resource_limits = options.resource_limits.copy(object_store_memory=limit)
+    ds.context.target_max_block_size = clip_bytes(spec) * block_clips(spec)
