@@ -60,9 +60,10 @@ def probe_video(src: Source) -> VideoProbe:
     try:
         container = av.open(src, "r")
     except av.error.FFmpegError as err:
-        raise _open_error(head, err) from None
-    finally:
         _rewind(src)
+        raise _open_error(head, err) from None
+    # No rewind here: FFmpeg reads on from where it stopped, and formats it never seeks in
+    # (YUV4MPEG2) would read their header again as frame data.
     try:
         return _probe_container(container)
     except av.error.FFmpegError as err:

@@ -69,7 +69,7 @@ def check_complete(f: BinaryIO, size: int) -> None:
         _check_asf(f, size)
     elif head.startswith(_PS_PACK):
         _check_ps(f, size)
-    elif _is_ts(head, 188) or _is_ts(head, 192):
+    elif is_mpegts(head):
         _check_ts(head, size)
     elif head.startswith(b"FLV"):
         _check_flv(f, size)
@@ -240,6 +240,11 @@ def _check_ps(f: BinaryIO, size: int) -> None:
         if pos + length > size:
             raise _cut(f"MPEG-PS packet 0x{code:02X}", pos, length, size)
         pos += length
+
+
+def is_mpegts(head: bytes) -> bool:
+    """Whether ``head`` (the first 512 bytes or more) starts an MPEG-TS (or M2TS) stream."""
+    return _is_ts(head, 188) or _is_ts(head, 192)
 
 
 def _is_ts(head: bytes, packet: int) -> bool:
