@@ -1,8 +1,13 @@
-"""Frame decoding behind one interface: decord (default) or PyAV, resized at decode.
+"""Frame decoding behind one interface: decord (default) or PyAV, resized at decode, upright.
 
-``open_reader(backend, src, probe, size, resize, threads)`` returns a ``FrameReader`` whose
-``iter_frames(indices)`` yields ``(index, frame (H, W, 3) uint8)`` for sorted unique indices;
-``iter_clips`` crops those frames straight into each clip's ``(T, H, W, 3)`` array.
+``decode_clips(src, probe, clips, size, backend=..., threads=..., resize=...)`` is what the
+decode worker calls: it yields ``(clip, frames, backend)`` and falls back to the other backend
+when the first cannot open or decode the file (before the first clip only; see its docstring
+and docs/MEDIA.md). Underneath, ``open_reader(backend, src, probe, size, resize, threads)``
+returns a ``FrameReader`` whose ``iter_frames(indices)`` yields ``(index, frame (H, W, 3)
+uint8)`` for sorted unique indices, upright (the probe's ``rotation`` applied) at the probe's
+displayed aspect; ``iter_clips`` crops those frames straight into each clip's ``(T, H, W, 3)``
+array.
 
 What decord decodes (``DecordReader``): the needed frames with ``next()`` (sequential
 ``next()`` is about twice as fast as ``get_batch`` over every frame); frames no clip needs are
@@ -18,9 +23,10 @@ Policies for bad input (each failure is a typed ``pipeline.errors`` error, recor
 video's ``videos`` row by the workers; never a crash):
 
 - **Truncated videos are errors, and none of their clips are written.** A file cut short
-  (an interrupted copy or upload) is ``status = error, error_type = Truncated``. For MP4/MOV the
-  probe detects the cut from the box structure before any decoding, so even a faststart file
-  (``moov`` first) cut inside ``mdat`` -- decodable up to the cut -- yields no clips: partial
+  (an interrupted copy or upload) is ``status = error, error_type = Truncated``. For every
+  container the archive lists, the probe detects the cut from the container's structure before
+  any decoding (``pipeline.truncation``), so even a faststart MP4 (``moov`` first) or a
+  Matroska file cut part way -- decodable up to the cut -- yields no clips: partial
   results from a file that is known to be incomplete would look complete in the ``clips``
   table. Where the cut only shows while decoding (the decoder runs out of frames before the
   frame count the index promised, other containers), ``iter_clips`` raises ``TruncatedError``
@@ -28,12 +34,14 @@ video's ``videos`` row by the workers; never a crash):
 - A decoder that cannot open the stream or fails on its first frame (corrupt codec private
   data such as a damaged SPS) raises ``UndecodableStream``; a decoder error after some frames
   raises ``CorruptVideo`` naming the frame.
-- **Clip times (``start_s``/``end_s``) are the decoder's presentation timestamps**, so they are
-  right for variable-frame-rate video: ``start_s`` is when the clip's first frame is shown,
-  ``end_s`` when its last frame stops being shown (the next frame's timestamp; for the last
-  frame of a video, its own timestamp plus its duration). The probe's ``fps`` (frames /
-  duration for VFR mp4, a nominal rate for mkv) is only the planning rate: it sizes segments
-  and is the fallback (``frame / fps``) when a reader gives no timestamps.
+- **Clip times (``start_s``/``end_s``) are the frames' presentation times** in seconds from
+  the stream's first frame (``pipeline.timeline``: decord's table when whole, else the
+  packets' times), so they are right for variable-frame-rate video, B-frames, MPEG-PS/TS
+  clock offsets and AVI: ``start_s`` is when the clip's first frame is shown, ``end_s`` when
+  its last frame stops being shown (the next frame's time; for the last frame of a video, its
+  own time plus its duration). The probe's ``fps`` (frames / duration for VFR mp4, a nominal
+  rate for mkv) is only the planning rate: it sizes segments and is the fallback
+  (``frame / fps``) when a stream records no times.
 - Frames are resized inside the decoder (decord's ``width``/``height``, FFmpeg's swscale for
   PyAV), so a 4K video never exists as a full-size array in Python: memory per decode actor is
   the decoder's own reference frames plus small resized clips.
