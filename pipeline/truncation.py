@@ -202,7 +202,7 @@ def _check_asf(f: BinaryIO, size: int) -> None:
     pos = 0
     while pos + 24 <= size:
         f.seek(pos)
-        guid, length = struct.unpack("<16sQ", f.read(24))
+        _, length = struct.unpack("<16sQ", f.read(24))
         if length < 24:  # a live (broadcast) data object records no size
             return
         if pos + length > size:

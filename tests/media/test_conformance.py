@@ -152,7 +152,8 @@ def test_no_backend_with_a_decoder_is_unsupported_codec(media, monkeypatch):
 
 def test_a_file_broken_for_every_backend_keeps_its_own_error(media, tmp_path):
     """Both backends fail on a damaged stream: the error says what is wrong with the file."""
-    data = bytearray(open(media["mpeg4.avi"], "rb").read())
+    with open(media["mpeg4.avi"], "rb") as f:
+        data = bytearray(f.read())
     movi = data.find(b"movi")
     data[movi + 4:len(data) - 400] = b"\xff" * (len(data) - 400 - movi - 4)  # frames gone
     path = tmp_path / "damaged.avi"
