@@ -1,8 +1,9 @@
 """Probing a video's container header (PyAV): duration, fps, frame count, size, codec.
 
 The probe reads headers (and, when the header has no frame count, as in mkv, counts the video
-stream's packets by demuxing) and decodes at most ONE frame: the display matrix (rotation) is
-attached to decoded frames, not readable from the stream, in the FFmpeg that PyAV ships. The
+stream's packets by demuxing) and decodes at most ONE frame: outside ISO-BMFF (whose track
+header ``pipeline.orientation`` reads) the display matrix (rotation) is attached to decoded
+frames, not readable from the stream, in the FFmpeg that PyAV ships. The
 size it reports is the displayed one (coded size turned by the rotation and stretched by the
 sample aspect ratio; see docs/MEDIA.md). It is the gate before decoding; what it rejects gets
 a specific ``error_type``:
@@ -30,6 +31,7 @@ import os
 import av
 
 from pipeline import errors
+from pipeline.orientation import iso_rotation
 from pipeline.records import VideoProbe
 from pipeline.source import Source
 from pipeline.truncation import ISO_BOXES as _ISO_BOXES
@@ -56,7 +58,7 @@ def probe_video(src: Source) -> VideoProbe:
     head, size = _head(src)
     if size == 0:
         raise errors.EmptyFileError("zero-byte file")
-    _check_complete(src, size)
+    rotation = _read_structure(src, size, iso=head[4:8] in _ISO_BOXES)
     try:
         container = av.open(src, "r")
     except av.error.FFmpegError as err:
@@ -65,7 +67,7 @@ def probe_video(src: Source) -> VideoProbe:
     # No rewind here: FFmpeg reads on from where it stopped, and formats it never seeks in
     # (YUV4MPEG2) would read their header again as frame data.
     try:
-        return _probe_container(container)
+        return _probe_container(container, rotation)
     except av.error.FFmpegError as err:
         raise errors.CorruptVideoError(f"cannot read the container: {err}") from None
     finally:
@@ -73,7 +75,7 @@ def probe_video(src: Source) -> VideoProbe:
         _rewind(src)
 
 
-def _probe_container(container) -> VideoProbe:
+def _probe_container(container, rotation: int | None) -> VideoProbe:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise errors.NoVideoStreamError(f"no video stream (streams: {', '.join(kinds)})")
@@ -91,7 +93,7 @@ def _probe_container(container) -> VideoProbe:
     num_frames = int(stream.frames or 0)
     # No count in the header (mkv, webm, ts): count packets -- a demux, no decoding. Duration
     # x rate would be wrong for VFR, where mkv's rate is nominal (24 for a 10-30 fps video).
-    rotation, counted, span = _scan(container, stream, count=num_frames <= 0)
+    rotation, counted, span = _scan(container, stream, rotation, count=num_frames <= 0)
     if num_frames <= 0:
         num_frames = counted
         # Headers of index-less streams estimate the duration (MPEG-PS from its bitrate); the
@@ -123,10 +125,13 @@ def _codec_name(ctx) -> str:
     return getattr(codec, "canonical_name", None) or codec.name or ctx.name
 
 
-def _scan(container, stream, count: bool) -> tuple[int, int, float]:
-    """One pass over the stream's packets: the rotation (from the first frame that decodes) and,
-    if ``count``, the number of packets holding data and the seconds their times span."""
-    rotation, packets, first, last = None, 0, None, None
+def _scan(container, stream, rotation: int | None, count: bool) -> tuple[int, int, float]:
+    """One pass over the stream's packets: the rotation, unless known (from the first frame that
+    decodes), and, if ``count``, the number of packets holding data and the seconds their times
+    span. Reads nothing when neither is needed."""
+    packets, first, last = 0, None, None
+    if rotation is not None and not count:
+        return rotation, 0, 0.0
     for packet in container.demux(stream):
         if packet.size:
             packets += 1
@@ -183,10 +188,13 @@ def _looks_like_text(head: bytes) -> bool:
     return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
 
 
-def _check_complete(src: Source, size: int) -> None:
+def _read_structure(src: Source, size: int, iso: bool) -> int | None:
+    """Check the container is whole (``TruncatedError`` if not); the rotation when an ISO-BMFF
+    track header records it, else None."""
     f = src if isinstance(src, io.BytesIO) else open(src, "rb")
     try:
         check_complete(f, size)
+        return iso_rotation(f, size) if iso else None
     finally:
         if f is not src:
             f.close()
