@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 _MAX_MOOV = 256 << 20  # a header larger than this is read by FFmpeg, not here
 
