@@ -19,7 +19,8 @@ CorruptVideo        error     a recognised container that cannot be parsed, or a
 Truncated           error     the file ends before its own structure says it does (a cut
                               download or upload); no clip of it is written
 NoVideoStream       error     a readable container without a video stream (audio-only)
-UnsupportedCodec    error     FFmpeg has no decoder for the video stream's codec
+UnsupportedCodec    error     no decode backend here (decord, PyAV) has a decoder for the video
+                              stream's codec
 UndecodableStream   error     the decoder exists but cannot decode this stream at all (corrupt
                               codec private data / SPS, unsupported profile)
 DecodeTimeout       timeout   decoding took longer than ``decode.timeout_s``
@@ -74,7 +75,8 @@ class NoVideoStreamError(VideoError):
 
 
 class UnsupportedCodecError(VideoError):
-    """FFmpeg (PyAV or decord) has no decoder for the video stream's codec."""
+    """No backend has a decoder for the video stream's codec: raised by one backend (decord's
+    FFmpeg has no AV1), recorded only when the other lacks one too (``decode.decode_clips``)."""
 
     error_type = "UnsupportedCodec"
 

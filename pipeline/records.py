@@ -44,16 +44,35 @@ class VideoTask:
 
 @dataclass(frozen=True)
 class VideoProbe:
+    """What the probe learnt about a video's first video stream (plain scalars: one Arrow column
+    each via ``asdict``).
+
+    ``width``/``height`` are the DISPLAYED size: the stored (coded) picture turned by
+    ``rotation`` and stretched by ``sample_aspect`` (width x sample_aspect), which is what the
+    decode readers deliver. ``rotation`` is the clockwise turn, in degrees (0, 90, 180 or 270),
+    that shows a stored frame upright. ``codec`` is the codec's name (``h264``, ``av1``), never a
+    decoder's (``libdav1d``). ``coded_width``/``coded_height`` are the stored picture's size
+    (0 when unknown, as in records made before they existed).
+    """
+
     duration_s: float
     fps: float
     num_frames: int
     width: int
     height: int
     codec: str
+    rotation: int = 0
+    coded_width: int = 0
+    coded_height: int = 0
+    sample_aspect: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_frames < 0 or self.fps <= 0:
             raise ValueError(f"invalid probe: {self}")
+        if self.rotation not in (0, 90, 180, 270):
+            raise ValueError(f"rotation must be 0, 90, 180 or 270, got {self.rotation}")
+        if self.sample_aspect <= 0:
+            raise ValueError(f"sample_aspect must be > 0, got {self.sample_aspect}")
 
 
 @dataclass(frozen=True)

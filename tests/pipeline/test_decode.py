@@ -176,3 +176,23 @@ def test_overlapping_clips_hold_one_clip_at_a_time(tmp_path, backend):
     # Measured: 2.6 clips' worth (the clip being filled, the one just yielded, the plan);
     # building the overlapping clips side by side would take 16.
     assert peak < 5 * clip_bytes, peak
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_decode_clips_is_the_readers_path_plus_the_backend(video, backend):
+    """The worker's entry point adds the backend's name and nothing else: same clips, same
+    pixels and times as ``open_reader`` + ``iter_clips`` when the backend asked for decodes."""
+    probe = probe_video(video)
+    clips = _clips("strided", probe.num_frames, probe.fps)
+    plain = list(iter_clips(open_reader(backend, video, probe, SIZE), clips, SIZE))
+    got = list(decode.decode_clips(video, probe, clips, SIZE, backend=backend))
+    assert [b for _, _, b in got] == [backend] * len(plain)
+    for (clip, frames, _), (plain_clip, plain_frames) in zip(got, plain):
+        assert clip == plain_clip
+        np.testing.assert_array_equal(frames, plain_frames)
+
+
+def test_decode_clips_rejects_an_unknown_backend(tiny_video):
+    probe = probe_video(tiny_video)
+    with pytest.raises(ValueError, match="opencv"):
+        next(decode.decode_clips(tiny_video, probe, [], SIZE, backend="opencv"))
