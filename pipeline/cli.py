@@ -17,7 +17,9 @@ def _print_summary(result) -> None:
         ("videos ok / failed", f"{s['videos_ok']} / {s['videos_failed']}"
                                + (f"  {s['failures_by_type']}" if s["failures_by_type"] else "")),
         ("clips written", f"{s['clips']}"),
-        ("resumed (videos, segments)", f"{s['resumed_videos_skipped']}, {s['resumed_segments_skipped']}"),
+        ("shards committed", f"{s['shards_committed']} of {s['shards']} "
+                             f"({s['resumed_shards_skipped']} already committed, "
+                             f"{s['resumed_videos_skipped']} videos resumed)"),
         ("throughput", f"{s['clips_per_s']:.2f} clips/s, {s['videos_per_s']:.2f} videos/s "
                        f"({s['run_s']:.1f} s processing, {s['wall_s']:.1f} s total)"),
         ("first clip", f"{s['first_clip_s']:.1f} s into processing"),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import errors
-from pipeline.decode import iter_clips, open_reader
+from pipeline.decode import decode_clips
 from pipeline.probe_stage import error_fields
 from pipeline.rows import VIDEO_COLUMNS, clip_plans_from_arrow, probe_from_row, task_from_row
 from pipeline.source import read_source
@@ -47,12 +47,6 @@ def frame_packet_sizes(src) -> np.ndarray:
     return np.array([size for _, size in sorted(packets)], dtype=np.int64)
 
 
-def _decode(src, probe, clips, size, decode: DecodeSpec) -> Iterator[tuple[Any, np.ndarray, str]]:
-    reader = open_reader(decode.backend, src, probe, size, "crop", decode.threads)
-    for clip, frames in iter_clips(reader, clips, size):
-        yield clip, frames, decode.backend
-
-
 def decode_segment(row: dict[str, Any], sampling: dict, decode: dict, storage_options: dict,
                    want_packet_sizes: bool) -> Iterator[dict[str, Any]]:
     """Clip fields of one segment row; a failure ends the stream with one ``ok = False`` row.
@@ -71,8 +65,9 @@ def decode_segment(row: dict[str, Any], sampling: dict, decode: dict, storage_op
         maybe_inject_hang(task.video_uri)
         src = read_source(task, storage_options)
         sizes = frame_packet_sizes(src) if want_packet_sizes else None
-        for clip, frames, backend in _decode(src, probe, clip_plans_from_arrow(row["clips"]), size,
-                                             decode_spec):
+        for clip, frames, backend in decode_clips(src, probe, clip_plans_from_arrow(row["clips"]),
+                                                  size, backend=decode_spec.backend,
+                                                  threads=decode_spec.threads, resize="crop"):
             now = time.perf_counter()
             idx = np.asarray(clip.frame_indices, np.int64)
             fb = (sizes[np.minimum(idx, len(sizes) - 1)] if sizes is not None and len(sizes)

@@ -298,7 +298,7 @@ def _summarise(spec: JobSpec, job_id: str, run_id: str | None, listing: dict[str
         "videos_by_status": dict(totals.statuses),
         "failures_by_type": dict(Counter(f["error_type"] for f in failures)),
         "skipped_files": dict(listing.get("skipped_files", {})),
-        "clips": totals.clips, "frames_decoded": shards.clips_seen * spec.sampling.clip_len,
+        "clips": totals.clips, "segments": shards.segments_done, "frames_decoded": shards.clips_seen * spec.sampling.clip_len,
         "decode_s": totals.decode_s, "infer_s": totals.infer_s,
         "shards": int(listing.get("shards", 0)), "shards_committed": totals.shards_committed,
         "shard_markers_found": markers,

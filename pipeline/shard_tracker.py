@@ -65,6 +65,7 @@ class ShardTracker:
         self.open: dict[int, OpenShard] = {}
         self.closed: set[int] = set()
         self.clips_seen = 0
+        self.segments_done = 0
         self.first_clip_at: float | None = None
 
     def add(self, status: pa.Table) -> list[ReadyShard]:
@@ -94,6 +95,7 @@ class ShardTracker:
                 seg.failed = True
                 seg.emitted_before_error = r["emitted_before_error"]
             if seg.complete:
+                self.segments_done += 1
                 shard.segments_done[vid] = shard.segments_done.get(vid, 0) + 1
                 if shard.segments_done[vid] == shard.num_segments[vid]:
                     shard.videos_done += 1

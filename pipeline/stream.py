@@ -23,9 +23,6 @@ from pipeline.spec import JobSpec
 # Videos per probe call: small, so the first segments reach the decoder early and several
 # decode actors get work from one shard.
 PROBE_BATCH = 8
-# Clip rows per writer task: fewer, larger part files, at the cost of holding a shard's commit
-# until that many rows have arrived (the end of the stream flushes the rest).
-WRITE_BATCH = 256
 
 
 def build_stream(spec: JobSpec, ray, *, job_id: str, run: str, markers: Mapping[int, ShardMarker],
@@ -69,7 +66,10 @@ def build_stream(spec: JobSpec, ray, *, job_id: str, run: str, markers: Mapping[
         fn_kwargs={"output": spec.output, "storage_options": spec.storage_options,
                    "job_id": job_id, "models": [m.output_key for m in spec.models],
                    "versions": dict(versions)},
-        batch_size=WRITE_BATCH, batch_format="pyarrow", num_cpus=WRITER_CPUS)
+        # Each block the last model returns is written as it comes (one part file per model
+        # batch and shard): bundling blocks into bigger parts would hold back the commit of a
+        # shard, and the progress it shows, until enough rows arrived.
+        batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS)
 
 
 def iter_status(ds) -> Iterator[pa.Table]:

@@ -25,9 +25,10 @@ from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Two nodes of 1 CPU each. The job's model actor asks for 1 CPU and its decode actor for 0.5
-# (the runner's defaults, unscaled on 2 CPUs), so they cannot share a node: clips are decoded on
-# one node and classified on the other.
+# A head node with no CPUs (the driver's node: nothing but the driver runs there) and two worker
+# nodes of 1 CPU each. The job's model actor asks for about 1 CPU and its decode actor for 0.5,
+# so they cannot share a node: clips are decoded on one node and classified on the other, and
+# every part file and shard file is written by a worker on a node other than the driver's.
 DRIVER = """
 import json, sys
 import ray
@@ -37,15 +38,18 @@ from tests.pipeline.jobs_util import tiny_spec
 
 archive, output = sys.argv[1:3]
 cluster = Cluster(initialize_head=True, head_node_args={
-    "num_cpus": 1, "include_dashboard": False})
+    "num_cpus": 0, "include_dashboard": False})
 try:
-    cluster.add_node(num_cpus=1)
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     cpus = ray.cluster_resources().get("CPU")
-    result = run_job(tiny_spec(archive, output))
-    print("RESULT " + json.dumps({"nodes": nodes, "cpus": cpus, "summary": result.summary}))
+    driver_node = ray.get_runtime_context().get_node_id()
+    result = run_job(tiny_spec(archive, output, shard_size=1))
+    print("RESULT " + json.dumps({"nodes": nodes, "cpus": cpus, "summary": result.summary,
+                                  "driver_node": driver_node}))
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -72,7 +76,7 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"stdout:\n{stdout}\nstderr:\n{stderr[-5000:]}"
     report = json.loads(lines[-1].removeprefix("RESULT "))
-    assert report["nodes"] == 2 and report["cpus"] == 2.0
+    assert report["nodes"] == 3 and report["cpus"] == 2.0
 
     spec = tiny_spec(tiny_archive, str(out))
     videos = [str(Path(tiny_archive) / name) for name in TINY_ARCHIVE]
@@ -91,3 +95,10 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
     vids = read_table(str(out), "videos").to_pylist()
     assert len(vids) == len(TINY_ARCHIVE) and {v["status"] for v in vids} == {"ok"}
     assert {v["video_id"]: v["num_clips"] for v in vids} == {k: len(v) for k, v in per_video.items()}
+
+    # Written by workers: one shard per video, each committed on a node that is not the driver's,
+    # and the driver received status rows only (a clip's feature alone is 5,120 bytes).
+    markers = [json.loads(p.read_text()) for p in (out / "_shards").glob("*.json")]
+    assert len(markers) == len(TINY_ARCHIVE) == summary["shards_committed"]
+    assert all(m["node_id"] and m["node_id"] != report["driver_node"] for m in markers)
+    assert summary["driver_received_bytes"] / summary["clips"] < 2048

@@ -103,6 +103,7 @@ def test_killed_driver_resumes_without_recomputing(tmp_path):
 name = "resume"
 input = "{root}"
 output = "{out}"
+shard_size = 1
 [sampling]
 clip_len = 4
 frame_interval = 2
@@ -120,7 +121,7 @@ batch_size = 2
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            done = list((out / "videos").glob("*.parquet")) if (out / "videos").exists() else []
+            done = list((out / "_shards").glob("*.json")) if (out / "_shards").exists() else []
             if len(done) >= 2:
                 break
             time.sleep(0.2)
@@ -128,7 +129,7 @@ batch_size = 2
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait(30)
-    published_before = len(list((out / "videos").glob("*.parquet")))
+    published_before = len(list((out / "_shards").glob("*.json")))  # one video per shard
     assert 2 <= published_before < 8
 
     second = _vmb_run(spec_path, env)
@@ -142,12 +143,15 @@ batch_size = 2
     assert job["counts"]["resumed_videos_skipped"] >= published_before
     _assert_exactly_once(out, 8, 8)
     assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")], "temporary files left"
+    assert not (out / "_staging").exists(), "part files left after the job completed"
+    assert len(list((out / "videos").iterdir())) == 8  # one file per shard
 
 
 def test_resume_retries_transient_failures_only(ray_session, tmp_path):
     """A video recorded as failed by a transient cause (here: an earlier run's read error) is
-    processed again on resume; a permanent failure (a corrupt file) is not."""
-    import pyarrow as pa
+    processed again on resume and merged into its committed shard; a permanent failure (a
+    corrupt file) is not, and nothing else in the shard is recomputed."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     root = _archive(tmp_path / "in", 3)
@@ -155,13 +159,20 @@ def test_resume_retries_transient_failures_only(ray_session, tmp_path):
     out = tmp_path / "out"
     spec = tiny_spec(str(root), str(out))
     run_job(spec)
-    videos_dir = out / "videos"
-    rows = {r["video_id"]: r for r in read_table(str(out), "videos").to_pylist()}
-    victim = next(v for v in rows.values() if v["video_uri"].endswith("v01.mp4"))
-    pq.write_table(pa.Table.from_pylist([{**victim, "status": "error", "error_type": "SourceRead",
-                                          "error_message": "connection reset", "num_clips": 0}],
-                                        schema=pq.read_schema(videos_dir / f"{victim['video_id']}.parquet")),
-                   videos_dir / f"{victim['video_id']}.parquet")
+    # What an earlier run that could not read v01.mp4 would have committed: its row failed with
+    # a transient type, no clips for it, and the marker listing it for retry.
+    videos_file, clips_file = out / "videos" / "shard-000000.parquet", next((out / "clips").iterdir())
+    marker_file = out / "_shards" / "shard-000000.json"
+    videos = pq.read_table(videos_file)
+    victim = next(v for v in videos.to_pylist() if v["video_uri"].endswith("v01.mp4"))
+    rows = [{**v, "status": "error", "error_type": "SourceRead", "error_message": "connection reset",
+             "num_clips": 0} if v["video_id"] == victim["video_id"] else v for v in videos.to_pylist()]
+    pq.write_table(type(videos).from_pylist(rows, schema=videos.schema), videos_file)
+    clips = pq.read_table(clips_file)
+    pq.write_table(clips.filter(pc.not_equal(clips.column("video_id"), victim["video_id"])), clips_file)
+    marker = json.loads(marker_file.read_text())
+    marker["retry"] = [victim["video_id"]]
+    marker_file.write_text(json.dumps(marker))
 
     again = run_job(spec)
     assert again.summary["resumed_videos_skipped"] == 3  # two good videos + the corrupt one
@@ -171,3 +182,4 @@ def test_resume_retries_transient_failures_only(ray_session, tmp_path):
     assert len(after) == 4
     clips = read_table(str(out), "clips")
     assert set(clip_key_counts(clips).values()) == {1} and clips.num_rows == 3 * 3
+    assert json.loads(marker_file.read_text())["retry"] == []

@@ -30,8 +30,8 @@ SCRIPT = textwrap.dedent("""
     removed = []
 
     def remove_a_node():
-        videos = Path(out) / "videos"
-        while not (videos.exists() and len(list(videos.glob("*.parquet"))) >= 2):
+        markers = Path(out) / "_shards"
+        while not (markers.exists() and len(list(markers.glob("*.json"))) >= 2):
             time.sleep(0.1)
         # the node running the model actor, if it is a worker node, else the other worker
         cluster.remove_node(workers[0], allow_graceful=False)
@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent("""
 
     threading.Thread(target=remove_a_node, daemon=True).start()
     try:
-        result = run_job(tiny_spec(archive, out, models=[{"name": "frame-average", "batch_size": 2}]))
+        result = run_job(tiny_spec(archive, out, models=[{"name": "frame-average", "batch_size": 2}],
+                                   shard_size=2))
         alive = lambda: len([n for n in ray.nodes() if n["Alive"]])
         deadline = time.time() + 90  # the GCS marks a vanished node dead after its health checks fail
         while alive() > 2 and time.time() < deadline:
