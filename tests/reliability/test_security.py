@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import cli
-from pipeline import runner as runner_module
+from pipeline import job as job_module
 from pipeline.query import query
 from pipeline.job import run_job
 from tests.pipeline.conftest import free_port, s3_server  # noqa: F401 (a fixture)
@@ -251,7 +251,7 @@ enabled = false
 name = "efficientnet-lite0"
 weights = "{weights}"
 """)
-    monkeypatch.setattr(runner_module, "_init_ray", _no_ray)
+    monkeypatch.setattr(job_module, "_init_ray", _no_ray)
     from blocks.registry import UnsafeCheckpointError
     from pipeline.spec import load_spec
 
@@ -311,7 +311,7 @@ def test_bad_spec_is_one_clear_error_before_ray(case, small_archive, tmp_path, m
         text = head + _DEFAULT_MODEL + sep + tail
     spec = tmp_path / "job.toml"
     spec.write_text(text)
-    monkeypatch.setattr(runner_module, "_init_ray", _no_ray)
+    monkeypatch.setattr(job_module, "_init_ray", _no_ray)
     _undo_cli_globals(monkeypatch)
 
     code = cli.main(["run", str(spec), "--no-progress"])
@@ -330,7 +330,7 @@ def test_missing_weights_file_is_one_clear_error_before_ray(small_archive, tmp_p
     spec.write_text(f'input = "{small_archive}"\noutput = "{tmp_path / "out"}"\n[mlflow]\n'
                     f'enabled = false\n[[models]]\nname = "efficientnet-lite0"\n'
                     f'weights = "{tmp_path / "missing.pth"}"\n')
-    monkeypatch.setattr(runner_module, "_init_ray", _no_ray)
+    monkeypatch.setattr(job_module, "_init_ray", _no_ray)
     _undo_cli_globals(monkeypatch)
     code = cli.main(["run", str(spec), "--no-progress"])
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from pipeline import runner as runner_module
+from pipeline import job as job_module
 from pipeline.job import run_job
 from pipeline.tracking import TrackingUnavailableError
 from tests.pipeline.conftest import (  # noqa: F401 (unused_port is a fixture)
@@ -111,15 +111,15 @@ def test_server_killed_mid_job_job_finishes_and_reports(ray_session, tmp_path, m
     archive = _archive(tmp_path / "in", 4, frames=60)
     out = tmp_path / "out"
     killed: list[int] = []
-    add = runner_module._Collector.add
+    add = job_module.ShardTracker.add
 
-    def add_then_kill(self, row):  # the server dies when the driver receives its first clips
+    def add_then_kill(self, status):  # the server dies when the driver hears of its first clips
         if not killed:
-            killed.append(self.clips_written)
+            killed.append(self.clips_seen)
             _kill_group(proc)
-        return add(self, row)
+        return add(self, status)
 
-    monkeypatch.setattr(runner_module._Collector, "add", add_then_kill)
+    monkeypatch.setattr(job_module.ShardTracker, "add", add_then_kill)
     try:
         result = run_job(tiny_spec(str(archive), str(out),
                                    models=[{"name": "frame-average", "batch_size": 2}],
@@ -142,7 +142,7 @@ def test_fail_fast_with_server_down_fails_before_writing(ray_session, tmp_path, 
     out = tmp_path / "out"
     uri = f"http://127.0.0.1:{unused_port}"
     executed: list[bool] = []
-    monkeypatch.setattr(runner_module, "_execute", lambda *a, **k: executed.append(True))
+    monkeypatch.setattr(job_module, "_execute", lambda *a, **k: executed.append(True))
 
     with pytest.raises(TrackingUnavailableError, match=f"127.0.0.1:{unused_port}"):
         run_job(tiny_spec(str(archive), str(out),
@@ -161,7 +161,7 @@ def test_fail_fast_happens_before_ray_starts(tmp_path, unused_port, monkeypatch)
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started before the tracking store was checked")
 
-    monkeypatch.setattr(runner_module, "_init_ray", no_ray)
+    monkeypatch.setattr(job_module, "_init_ray", no_ray)
     archive = _archive(tmp_path / "in", 1)
     uri = f"http://127.0.0.1:{unused_port}"
     with pytest.raises(TrackingUnavailableError):
