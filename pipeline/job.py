@@ -115,6 +115,7 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
 
     cpu_started, started = time.process_time(), time.time()
     out = validate(spec)
+    startup = {"checks_s": time.time() - started}
     job_id = job_id_for(spec)
     tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment,
                          spec.mlflow.run_name or job_id, fail_fast=spec.mlflow.fail_fast) \
@@ -126,19 +127,22 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
             if tracker else None
         if starting and spec.mlflow.fail_fast:
             starting.result()
+        t_ray = time.time()
         try:
             ray = _init_ray(spec, address)
         except BaseException:
             if starting and starting.exception() is None:
                 tracker.end("FAILED")
             raise
+        startup["ray_start_s"] = time.time() - t_ray
         run_id = starting.result() if starting else None
+        startup["ray_and_tracking_start_s"] = time.time() - t_ray
     if tracker:
         tracker.set_tags(runtime_tags())
     out.write_job(_job_doc(spec, job_id, run_id, started, None, None))
     try:
         result = _execute(spec, out, job_id, run_id, ray, started, cpu_started, progress, tracker,
-                          spec_text)
+                          spec_text, startup)
     except BaseException:
         if tracker:
             tracker.end("FAILED")
@@ -228,7 +232,8 @@ def _remove_shards_beyond(out: JobOutput, markers: dict[int, ShardMarker], count
 
 
 def _execute(spec: JobSpec, out: JobOutput, job_id: str, run_id: str | None, ray, started: float,
-             cpu_started: float, progress: bool, tracker, spec_text: str | None) -> JobResult:
+             cpu_started: float, progress: bool, tracker, spec_text: str | None,
+             startup: dict[str, float]) -> JobResult:
     import ray.data as rd
 
     if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
@@ -273,6 +278,7 @@ def _execute(spec: JobSpec, out: JobOutput, job_id: str, run_id: str | None, ray
     ended = time.time()
     summary = _summarise(spec, job_id, run_id, listing, totals, shards, len(markers), received,
                          started, cpu_started, t_run, ended)
+    summary["startup"] = {k: round(v, 3) for k, v in startup.items()}
     if tracker:
         metrics = {k: float(v) for k, v in summary.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
