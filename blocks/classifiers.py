@@ -35,6 +35,7 @@ from blocks.efficientnet_lite import (
     PREPROCESS,
     EfficientNetLite,
     SamePadConv2d,
+    imagenet_labels,
     same_padding,
     to_unit_range,
 )
@@ -46,6 +47,17 @@ _EFFICIENTNET_WEIGHTS_LICENCE = "Apache-2.0 (EfficientNet-Lite0 ImageNet weights
 _CLIP_LAYOUT = "(B, T, 3, H, W) RGB clips, each frame preprocessed for the encoder"
 _CLIP_RANGE = ("encoder-normalised: (pixel - 127) / 128, about [-1, 1] "
                "(blocks.efficientnet_lite.preprocess)")
+
+
+# What the pipeline reads to run a classifier (see ``blocks.registry.BlockInfo``); the label
+# names apply when the model keeps the encoder's 1000-class ImageNet head.
+_PIPELINE_META = {
+    "tasks": ("classify", "embed"),
+    "input_kind": "clip",
+    "preprocessing": PREPROCESS,
+    "class_names": imagenet_labels,
+}
+_LITE0_FEATURES = 1280
 
 
 def _tiny_clips(batch: int, frames: int = 2, size: int = 32) -> tuple[torch.Tensor]:
@@ -148,6 +160,8 @@ class FrameAverage(_ClipClassifier):
     tiny_config={"pretrained": False, "num_classes": 5},
     example_inputs=_tiny_clips,
     description="Mean of EfficientNet-Lite0 frame features → ImageNet head; no training needed.",
+    feature_dim=_LITE0_FEATURES,
+    **_PIPELINE_META,
 )
 def _frame_average(**config: Any) -> FrameAverage:
     return FrameAverage(EncoderConfig(**config))
@@ -243,6 +257,9 @@ class RecurrentClassifier(_ClipClassifier):
     tiny_config={"pretrained": False, "num_classes": 5, "hidden_size": 8},
     example_inputs=_tiny_clips,
     description="Per-frame EfficientNet-Lite0 → 1-layer LSTM (256) → per-step logits averaged.",
+    feature_dim=256,
+    untrained_head=True,
+    **_PIPELINE_META,
 )
 def _lrcn(**config: Any) -> RecurrentClassifier:
     return RecurrentClassifier(RecurrentConfig(**config))
@@ -261,6 +278,9 @@ def _lrcn(**config: Any) -> RecurrentClassifier:
     example_inputs=_tiny_clips,
     description="Per-frame EfficientNet-Lite0 → 5 stacked LSTM layers (512) → per-step logits, "
                 "linearly weighted over time.",
+    feature_dim=512,
+    untrained_head=True,
+    **_PIPELINE_META,
 )
 def _convpool_lstm(**config: Any) -> RecurrentClassifier:
     # The paper's deep LSTM: five stacked layers of 512 cells over the frame features.
@@ -304,6 +324,8 @@ class ConvPool(_ClipClassifier):
     tiny_config={"pretrained": False, "num_classes": 5},
     example_inputs=_tiny_clips,
     description="Temporal max-pool of EfficientNet-Lite0 feature maps → ImageNet head.",
+    feature_dim=_LITE0_FEATURES,
+    **_PIPELINE_META,
 )
 def _convpool(**config: Any) -> ConvPool:
     return ConvPool(EncoderConfig(**config))
@@ -439,6 +461,9 @@ _TINY_IFNET: dict[str, Any] = {"widths": (8, 8, 8, 8, 8), "block_depth": 1, "enc
                  "flow_config": _TINY_IFNET},
     example_inputs=_tiny_clips,
     description="RGB EfficientNet-Lite0 + stacked IFNet-flow stream, late softmax fusion.",
+    feature_dim=2 * _LITE0_FEATURES,
+    untrained_head=True,
+    **_PIPELINE_META,
 )
 def _two_stream(**config: Any) -> TwoStream:
     return TwoStream(TwoStreamConfig(**config))
@@ -584,6 +609,8 @@ class InflatedClassifier(nn.Module):
     tiny_config={"pretrained": False, "num_classes": 5},
     example_inputs=_tiny_clips,
     description="EfficientNet-Lite0 inflated to 3D (t=3 stem/depthwise, 1x1x1 pointwise).",
+    feature_dim=_LITE0_FEATURES,
+    **_PIPELINE_META,
 )
 def _i3d_inflated(**config: Any) -> InflatedClassifier:
     return InflatedClassifier(InflatedConfig(**config))

@@ -423,6 +423,12 @@ def _hcrn_example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     weights_licence="Apache-2.0 (official code); no bundled weights (train your own)",
     needs_weights=True,
     description="HCRN clip/video-level CRN hierarchy over frame features + classification head",
+    tasks=("classify", "embed"),
+    input_kind="frame-features",
+    feature_dim=HCRNClassifierConfig.module_dim,
+    untrained_head=True,
+    frame_encoder="efficientnet-lite0",
+    frame_encoder_dim_key="vision_dim",
 )
 def build_hcrn_classifier(**config) -> HCRNClassifier:
     """Build an :class:`HCRNClassifier` from :class:`HCRNClassifierConfig` fields."""

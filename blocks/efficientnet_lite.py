@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.registry import load_weights, register_block
+from blocks.registry import Preprocess, load_weights, register_block
 
 # --------------------------------------------------------------------------------------------
 # Labels and preprocessing (data the weights expect)
@@ -49,28 +49,6 @@ def imagenet_labels() -> tuple[str, ...]:
     if len(labels) != 1000:
         raise RuntimeError(f"imagenet_classes.txt has {len(labels)} labels, expected 1000")
     return labels
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How uint8 RGB frames become the encoder's input.
-
-    ``resize`` the shorter side to ``round(size / crop_fraction)``, centre-crop ``size`` x ``size``
-    (the TF EfficientNet eval transform: crop 224 out of 256), then ``(pixel - mean) / std`` with
-    mean/std in 0..255 pixel units.
-    """
-
-    size: int = 224
-    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
-    crop_fraction: float = 0.875
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.crop_fraction <= 1:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
 
 
 PREPROCESS = Preprocess()
@@ -444,6 +422,11 @@ def build_efficientnet_lite0(
     example_inputs=lambda b: (torch.randn(b, 3, 32, 32),),
     description="EfficientNet-Lite0 frame encoder: forward_features → (B, 1280), "
                 "forward → logits.",
+    tasks=("classify", "embed"),
+    input_kind="image",
+    feature_dim=1280,
+    preprocessing=PREPROCESS,
+    class_names=imagenet_labels,
 )
 def _efficientnet_lite0(**config) -> EfficientNetLite:
     return build_efficientnet_lite0(**config)

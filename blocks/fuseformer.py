@@ -558,6 +558,8 @@ def fuseformer_block(**config) -> FuseFormerBlock:
     weights_licence=FUSEFORMER_LICENCE,
     needs_weights=True,
     description="FuseFormer video inpainting generator (encoder, 8 FuseFormer blocks, decoder)",
+    tasks=("inpaint",),
+    input_kind="masked-clip",
 )
 def fuseformer(**config) -> FuseFormer:
     return FuseFormer(FuseFormerConfig(**config))

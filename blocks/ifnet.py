@@ -601,6 +601,8 @@ _RIFE_PAPER = (
     weights_licence="MIT",
     needs_weights=True,
     description="IFNet: coarse-to-fine intermediate flow + fusion mask + U-Net refinement",
+    tasks=("motion",),
+    input_kind="frame-pair",
 )
 def ifnet_eccv(**config) -> IFNetECCV:
     return IFNetECCV(IFNetECCVConfig(**config))
@@ -622,6 +624,8 @@ def ifnet_eccv(**config) -> IFNetECCV:
     weights_licence="MIT",
     needs_weights=True,
     description="Practical-RIFE 4.25 IFNet: 5-level flow with feature encoder, any timestep",
+    tasks=("motion",),
+    input_kind="frame-pair",
 )
 def ifnet_v4(**config) -> IFNetV4:
     return IFNetV4(IFNetV4Config(**config))

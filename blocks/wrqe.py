@@ -477,6 +477,8 @@ def _example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     weights_licence="BSD-3-Clause (official code); no bundled weights",
     needs_weights=True,
     description="Bidirectional quality-weighted ConvLSTM enhancement of decoded frames",
+    tasks=("enhance",),
+    input_kind="clip+side-info",
 )
 def build_wrqe(**config) -> WRQE:
     """Build a :class:`WRQE` from :class:`WRQEConfig` fields."""

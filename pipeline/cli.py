@@ -51,7 +51,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from pipeline.query import query, write_result
     from pipeline.runner import run_job
-    from pipeline.sample import make_sample_archive
+    from pipeline.demo_archive import make_sample_archive
     from pipeline.spec import load_spec
 
     import hashlib

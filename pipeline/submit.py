@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.errors import UserError
+
 UPLOAD_EXCLUDES = [".venv", ".vmb", ".git", "**/__pycache__", "*.mp4", "*.pth", "*.pkl", "mlruns",
                    "mlflow.db", "bench/results", ".pytest_cache", ".ruff_cache", "*.egg-info"]
 
@@ -30,7 +32,7 @@ _TOKEN_HINT = ("pass --token TOKEN or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH
                "`ray get-auth-token` on the head prints the cluster's token")
 
 
-class SubmitError(RuntimeError):
+class SubmitError(UserError, RuntimeError):
     """The Ray Jobs API refused the request or could not be reached."""
 
 

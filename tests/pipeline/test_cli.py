@@ -206,7 +206,7 @@ def test_blocks_lists_every_block_with_its_parameter_count(vmb):
 def test_demo_names_what_is_in_the_sample_videos(ray_session, tmp_path, monkeypatch, capsys):
     """The quick-start command: sample archive from real photos → classify job → a query."""
     from pipeline.cli import main
-    from pipeline.sample import subject_matches
+    from pipeline.demo_archive import subject_matches
 
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0

@@ -13,7 +13,7 @@ from skimage import data
 from pipeline.inference_runtime import (
     ConversionMismatch, OpenVINOGraph, RuntimeUnavailable, cache_dir, compile_for_cpu,
 )
-from pipeline.model_runners import ClassifyRunner, ModelConfigError, build_runner, check_model_spec
+from pipeline.models import ClassifyModel, ModelConfigError, build_model, check_model_spec
 from pipeline.spec import ModelSpec
 
 
@@ -29,10 +29,10 @@ def _photo_clips(n: int, t: int = 4, size: int = 224) -> np.ndarray:
     return np.stack(clips)
 
 
-def _runner(runtime: str, tmp_path, **options) -> ClassifyRunner:
+def _runner(runtime: str, tmp_path, **options) -> ClassifyModel:
     spec = ModelSpec(name="frame-average", task="classify", batch_size=4,
                      options={"runtime": runtime, **options})
-    return build_runner(spec, output=str(tmp_path), clip_shape=(4, 224, 224))
+    return build_model(spec, output=str(tmp_path), clip_shape=(4, 224, 224))
 
 
 @pytest.fixture(scope="module")

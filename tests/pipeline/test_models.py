@@ -1,4 +1,4 @@
-"""Model runners without Ray: the HCRN temporal head over encoder features, and the checks that
+"""Model wrappers without Ray: the HCRN temporal head over encoder features, and the checks that
 keep untrained heads from producing labels."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import blocks
-from pipeline.model_runners import ClassifyRunner, ModelConfigError, check_model_spec
+from pipeline.models import ClassifyModel, ModelConfigError, check_model_spec
 from pipeline.spec import ModelSpec
 
 HCRN = {"vision_dim": 1280, "module_dim": 32, "num_clips": 3, "frames_per_clip": 3, "num_classes": 4}
@@ -18,7 +18,7 @@ def test_hcrn_head_classifies_clips_of_num_clips_times_frames_per_clip(tmp_path)
     torch.manual_seed(0)
     weights = tmp_path / "hcrn.pth"
     torch.save(blocks.create_block("hcrn-classifier", **HCRN).state_dict(), weights)
-    runner = ClassifyRunner(ModelSpec(name="hcrn-classifier", weights=str(weights), config=HCRN,
+    runner = ClassifyModel(ModelSpec(name="hcrn-classifier", weights=str(weights), config=HCRN,
                                       options={"labels": ["a", "b", "c", "d"], "top_k": 2}),
                             output=str(tmp_path))
     clips = np.random.default_rng(0).integers(0, 255, (2, 9, 64, 64, 3), dtype=np.uint8)
