@@ -10,10 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,30 +23,15 @@ from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.spec import load_spec
 from tests.conftest import TINY_ARCHIVE
+from tests.pipeline.cli_util import REPO, env_without_ray, set_args, vmb_subprocess
 from tests.pipeline.jobs_util import TINY_SAMPLING, read_table
 
-REPO = Path(__file__).resolve().parents[2]
-VMB = str(Path(sys.executable).with_name("vmb"))
 SPEC = "jobs/classify.toml"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
-    return env | extra
-
-
-def _vmb_subprocess(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([VMB, *args], cwd=REPO, env=_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _overrides(archive: str, out: str) -> list[str]:
     values = [f"input={archive}", f"output={out}", "mlflow.enabled=false"]
     return values + [f"sampling.{k}={v}" for k, v in TINY_SAMPLING.items()]
-
-
-def _set_args(overrides: list[str]) -> list[str]:
-    return [x for o in overrides for x in ("--set", o)]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +42,8 @@ def job(tiny_archive, tmp_path_factory):
     overrides = _overrides(tiny_archive, out)
     ray_tmp = tempfile.mkdtemp(prefix="vmb-cli-")  # short: Ray's unix sockets live below it
     try:
-        proc = _vmb_subprocess("run", SPEC, *_set_args(overrides), timeout=300, RAY_TMPDIR=ray_tmp)
+        proc = vmb_subprocess("run", SPEC, *set_args(overrides), timeout=300,
+                              env=env_without_ray(RAY_TMPDIR=ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     return proc, out, overrides
@@ -96,7 +79,7 @@ def test_run_prints_the_summary(job, tiny_archive):
 
 
 def test_bad_spec_is_one_line_and_exit_2(vmb, tmp_path):
-    proc = _vmb_subprocess("run", SPEC, "--set", "bogus=1", "--set", f"input={tmp_path}",
+    proc = vmb_subprocess("run", SPEC, "--set", "bogus=1", "--set", f"input={tmp_path}",
                            "--set", f"output={tmp_path / 'out'}")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "bogus" in _one_error_line(proc.stderr, "run")
@@ -146,7 +129,7 @@ def test_query_formats(job, vmb, tmp_path):
 
 def test_sql_error_shows_duckdb_message(job):
     _, out, _ = job
-    proc = _vmb_subprocess("query", "select no_such_column from clips", "--output", out)
+    proc = vmb_subprocess("query", "select no_such_column from clips", "--output", out)
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     first = proc.stderr.splitlines()[0]
     assert first.startswith("vmb query: error: Binder Error") and "no_such_column" in first
