@@ -141,8 +141,11 @@ class BlockInfo:
 _REGISTRY: dict[str, BlockInfo] = {}
 
 
-def register_block(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``builder`` under ``name`` with the metadata in ``meta`` (see BlockInfo)."""
+def register_block(
+    name: str, **meta: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``builder`` under ``name`` with the metadata in ``meta``
+    (see ``BlockInfo``)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -170,7 +173,9 @@ def block_info(name: str) -> BlockInfo:
         ) from None
 
 
-def create_block(name: str, weights: str | os.PathLike | StateDict | None = None, **config: Any) -> nn.Module:
+def create_block(
+    name: str, weights: str | os.PathLike | StateDict | None = None, **config: Any
+) -> nn.Module:
     """Build the block registered as ``name`` and optionally load weights strictly.
 
     Args:
@@ -211,7 +216,8 @@ def load_weights(
     weights: str | os.PathLike | StateDict,
     checkpoint_filter: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> nn.Module:
-    """Load ``weights`` into ``model`` strictly; raise ``WeightsMismatchError`` listing any mismatch."""
+    """Load ``weights`` into ``model`` strictly; raise ``WeightsMismatchError`` listing any
+    mismatch."""
     state = dict(weights) if isinstance(weights, Mapping) else read_checkpoint(weights)
     for wrapper in ("state_dict", "model", "netG"):
         if wrapper in state and isinstance(state[wrapper], Mapping) and len(state) <= 4:
@@ -231,7 +237,8 @@ def load_weights(
         raise WeightsMismatchError(
             "checkpoint does not match the model: "
             f"missing keys {missing[:20]}{' …' if len(missing) > 20 else ''} ({len(missing)}); "
-            f"unexpected keys {unexpected[:20]}{' …' if len(unexpected) > 20 else ''} ({len(unexpected)}); "
+            f"unexpected keys {unexpected[:20]}{' …' if len(unexpected) > 20 else ''} "
+            f"({len(unexpected)}); "
             f"shape mismatches {wrong_shape[:20]} ({len(wrong_shape)})"
         )
     model.load_state_dict(state, strict=True)
@@ -239,10 +246,11 @@ def load_weights(
 
 
 def strip_prefix(prefix: str) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """A checkpoint filter removing ``prefix`` (e.g. DDP's ``module.``) from every key that has it."""
+    """A checkpoint filter removing ``prefix`` (e.g. DDP's ``module.``) from every key that has
+    it."""
 
     def filter_fn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+        return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
     return filter_fn
 

@@ -58,8 +58,8 @@ Optimizer slots (``*/Adam``, ``*/Adam_1``, ``beta*_power``) and ``global_step`` 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -31,7 +31,7 @@ _LAZY = {
     "load_spec": "pipeline.spec",
     "JobSpec": "pipeline.spec",
 }
-__all__ = sorted(_LAZY)
+__all__ = ["JobResult", "JobSpec", "load_spec", "query", "run_job"]  # the keys of _LAZY
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from pipeline import errors
 

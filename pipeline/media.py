@@ -19,13 +19,14 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any
 
 import av
 import numpy as np
 
-from pipeline.uris import filesystem, join, redact_uri, write_bytes_atomic
+from pipeline.uris import join, redact_uri, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

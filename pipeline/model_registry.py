@@ -67,7 +67,7 @@ def resolve_model_uri(
         )
     except (MlflowException, OSError) as exc:
         raise ModelResolutionError(
-            f"cannot resolve {uri} at {redact_uri(store)}: " f"{first_line(exc)}"
+            f"cannot resolve {uri} at {redact_uri(store)}: {first_line(exc)}"
         ) from exc
     candidates = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     weights = [p for p in candidates if p.suffix in WEIGHTS_SUFFIXES]

@@ -61,7 +61,9 @@ class ClipResult:
 
     def __repr__(self) -> str:
         shape = None if self.feature is None else self.feature.shape
-        return f"ClipResult(labels={self.labels[:3]}, feature={shape}, metrics={list(self.metrics)})"
+        return (
+            f"ClipResult(labels={self.labels[:3]}, feature={shape}, metrics={list(self.metrics)})"
+        )
 
 
 def infer_task(spec: ModelSpec) -> TaskKind:
@@ -422,10 +424,15 @@ class MotionModel(ClipModel):
         results = []
         for i, meta in enumerate(metas):
             m = mag[i].flatten()
-            q = torch.quantile(m[:: max(1, m.numel() // 65536)], torch.tensor([0.5, 0.9, 0.99], device=m.device))
+            q = torch.quantile(
+                m[:: max(1, m.numel() // 65536)], torch.tensor([0.5, 0.9, 0.99], device=m.device)
+            )
             metrics = {
-                "flow_mean": float(m.mean()), "flow_p50": float(q[0]), "flow_p90": float(q[1]),
-                "flow_p99": float(q[2]), "flow_max": float(m.max()),
+                "flow_mean": float(m.mean()),
+                "flow_p50": float(q[0]),
+                "flow_p90": float(q[1]),
+                "flow_p99": float(q[2]),
+                "flow_max": float(m.max()),
                 "motion_score": float(m.mean() * 256.0 / w),
             }
             media = None
@@ -455,24 +462,39 @@ class EnhanceModel(ClipModel):
         x = self.to_unit(frames)  # (B, T, 3, H, W)
         side = []
         for i, meta in enumerate(metas):
-            bits = np.asarray(meta.get("frame_bytes") if meta.get("frame_bytes") is not None
-                              else np.ones(x.shape[1]), dtype=np.float64) * 8
+            bits = (
+                np.asarray(
+                    meta.get("frame_bytes")
+                    if meta.get("frame_bytes") is not None
+                    else np.ones(x.shape[1]),
+                    dtype=np.float64,
+                )
+                * 8
+            )
             quality = _sharpness(x[i])
-            side.append(torch.as_tensor(np.asarray(derive_side_info(bits, quality)), dtype=torch.float32))
+            side.append(
+                torch.as_tensor(np.asarray(derive_side_info(bits, quality)), dtype=torch.float32)
+            )
         side_t = torch.stack(side).to(self.device)  # (B, T, 10)
         with self.autocast():
             y = self.model(x, side_t).float().clamp(0, 1)
         out = []
         for i, meta in enumerate(metas):
-            metrics = {"psnr_vs_decoded": _psnr(y[i], x[i]),
-                       "mean_abs_change": float((y[i] - x[i]).abs().mean() * 255)}
-            out.append(ClipResult(metrics=metrics, media_uri=self.encode(y[i], meta, float(meta["fps"]))))
+            metrics = {
+                "psnr_vs_decoded": _psnr(y[i], x[i]),
+                "mean_abs_change": float((y[i] - x[i]).abs().mean() * 255),
+            }
+            out.append(
+                ClipResult(metrics=metrics, media_uri=self.encode(y[i], meta, float(meta["fps"])))
+            )
         return out
 
 
 def _sharpness(clip: torch.Tensor) -> np.ndarray:
     """Variance of the Laplacian of each frame's luma: (T, 3, H, W) → (T,)."""
-    luma = (0.299 * clip[:, 0] + 0.587 * clip[:, 1] + 0.114 * clip[:, 2]).unsqueeze(1)  # (T, 1, H, W)
+    luma = (0.299 * clip[:, 0] + 0.587 * clip[:, 1] + 0.114 * clip[:, 2]).unsqueeze(
+        1
+    )  # (T, 1, H, W)
     kernel = clip.new_tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3)
     lap = torch.nn.functional.conv2d(luma, kernel)
     return lap.flatten(1).var(dim=1).cpu().numpy()
@@ -493,7 +515,9 @@ class InpaintModel(ClipModel):
     def run(self, frames: np.ndarray, metas: list[Mapping[str, Any]]) -> list[ClipResult]:
         x = self.to_unit(frames)  # (B, T, 3, H, W)
         b, t, _, h, w = x.shape
-        masks = torch.stack([self.mask_for(meta, t, h, w) for meta in metas]).to(self.device)  # (B, T, 1, H, W)
+        masks = torch.stack([self.mask_for(meta, t, h, w) for meta in metas]).to(
+            self.device
+        )  # (B, T, 1, H, W)
         masked = (x * 2 - 1) * (1 - masks)  # [-1, 1], hole = 0
         with self.autocast():
             pred = self.model(masked).float()  # (B, T, 3, H, W) in [-1, 1]
@@ -501,7 +525,11 @@ class InpaintModel(ClipModel):
         out = []
         for i, meta in enumerate(metas):
             metrics = {"masked_fraction": float(masks[i].mean())}
-            out.append(ClipResult(metrics=metrics, media_uri=self.encode(comp[i], meta, float(meta["fps"]))))
+            out.append(
+                ClipResult(
+                    metrics=metrics, media_uri=self.encode(comp[i], meta, float(meta["fps"]))
+                )
+            )
         return out
 
     def mask_for(self, meta: Mapping[str, Any], t: int, h: int, w: int) -> torch.Tensor:

@@ -55,9 +55,6 @@ class AmbiguousModelError(SimilarityError):
     """Several models have features for the query clip; pass ``model``."""
 
 
-
-
-
 def similar(
     output: str,
     video_id: str,

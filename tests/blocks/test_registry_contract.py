@@ -87,8 +87,15 @@ def test_unknown_name_lists_known_names():
 
 def test_duplicate_registration_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
-        blocks.register_block(NAMES[0], paper="x", arxiv=None, repo=None, input_layout="x",
-                              value_range="x", example_inputs=lambda b: ())(lambda: None)
+        blocks.register_block(
+            NAMES[0],
+            paper="x",
+            arxiv=None,
+            repo=None,
+            input_layout="x",
+            value_range="x",
+            example_inputs=lambda b: (),
+        )(lambda: None)
 
 
 # -- what the pipeline reads: metadata checked against the built model -------------------------
@@ -100,7 +107,9 @@ FEATURE_NAMES = [n for n in NAMES if {"classify", "embed"} & set(block_info(n).t
 def _default_model(name):
     """The block at its default configuration, without downloading or loading weights."""
     info = block_info(name)
-    config = {"pretrained": False} if "pretrained" in inspect.signature(info.builder).parameters else {}
+    config = (
+        {"pretrained": False} if "pretrained" in inspect.signature(info.builder).parameters else {}
+    )
     if info.frame_encoder_dim_key:
         config[info.frame_encoder_dim_key] = block_info(info.frame_encoder).feature_dim
     torch.manual_seed(0)
@@ -132,7 +141,9 @@ def test_feature_dim_preprocessing_and_class_names_match_the_model(name):
     assert len(prep.mean) == 3 and len(prep.std) == 3 and prep.size > 0
     if info.input_kind == "frame-features":
         cfg = model.config
-        x = torch.randn(1, cfg.num_clips, cfg.frames_per_clip, getattr(cfg, info.frame_encoder_dim_key))
+        x = torch.randn(
+            1, cfg.num_clips, cfg.frames_per_clip, getattr(cfg, info.frame_encoder_dim_key)
+        )
     elif info.input_kind == "image":
         x = torch.randn(1, 3, 32, 32)
     else:  # clip
@@ -145,7 +156,9 @@ def test_feature_dim_preprocessing_and_class_names_match_the_model(name):
         assert len(info.class_names()) == logits.shape[-1] and all(info.class_names())
 
 
-@pytest.mark.parametrize("name", [n for n in PIPELINE_NAMES if block_info(n).input_kind == "frame-pair"])
+@pytest.mark.parametrize(
+    "name", [n for n in PIPELINE_NAMES if block_info(n).input_kind == "frame-pair"]
+)
 def test_frame_pair_models_estimate_flow_and_interpolate(name):
     model = blocks.create_block(name, **dict(block_info(name).tiny_config)).eval()
     img0, img1 = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
@@ -156,11 +169,18 @@ def test_frame_pair_models_estimate_flow_and_interpolate(name):
 
 
 def test_unknown_tasks_and_incomplete_frame_feature_heads_are_refused():
-    meta = {"paper": "x", "arxiv": None, "repo": None, "input_layout": "x", "value_range": "x",
-            "example_inputs": lambda b: ()}
+    meta = {
+        "paper": "x",
+        "arxiv": None,
+        "repo": None,
+        "input_layout": "x",
+        "value_range": "x",
+        "example_inputs": lambda b: (),
+    }
     with pytest.raises(ValueError, match="unknown tasks"):
         blocks.register_block("test-bad-task", tasks=("segment",), **meta)(lambda: None)
     with pytest.raises(ValueError, match="frame_encoder"):
-        blocks.register_block("test-bad-head", tasks=("classify",), input_kind="frame-features",
-                              **meta)(lambda: None)
+        blocks.register_block(
+            "test-bad-head", tasks=("classify",), input_kind="frame-features", **meta
+        )(lambda: None)
     assert "test-bad-task" not in blocks.list_blocks()

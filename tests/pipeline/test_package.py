@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
 def test_import_pipeline_is_cheap_and_exports_resolve_lazily():
@@ -47,8 +53,14 @@ def test_user_errors_are_decided_by_type():
     from pipeline.spec import SpecError
     from pipeline.tracking import TrackingUnavailableError
 
-    for err in (SpecError("x"), ModelConfigError("x"), ModelResolutionError("x"),
-                TrackingUnavailableError("x"), UnknownBlockError("x"), FileNotFoundError("x")):
+    for err in (
+        SpecError("x"),
+        ModelConfigError("x"),
+        ModelResolutionError("x"),
+        TrackingUnavailableError("x"),
+        UnknownBlockError("x"),
+        FileNotFoundError("x"),
+    ):
         assert is_user_error(err), type(err)
     assert all(issubclass(cls, UserError) for cls in (SpecError, ModelConfigError))
     assert not is_user_error(RuntimeError("a bug")) and not is_user_error(KeyError("a bug"))
@@ -57,7 +69,11 @@ def test_user_errors_are_decided_by_type():
 @pytest.mark.parametrize("redirect", [True, False])
 def test_native_stderr_goes_to_a_file_while_python_stderr_stays(tmp_path, redirect):
     log = tmp_path / "native.err"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
         from pipeline.ray_logging import native_stderr_to_file
@@ -66,7 +82,14 @@ def test_native_stderr_goes_to_a_file_while_python_stderr_stays(tmp_path, redire
                 os.write(2, b"native line\\n")
                 print("our line", file=sys.stderr)
         os.write(2, b"after\\n")
-    """)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    """),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     if redirect:
         assert proc.stderr == "our line\nafter\n" and log.read_text() == "native line\n"
     else:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.uris import REDACTED, CredentialsInURIError, canonical_uri, filesystem, redact, redact_uri
+from pipeline.uris import (
+    REDACTED,
+    CredentialsInURIError,
+    canonical_uri,
+    filesystem,
+    redact,
+    redact_uri,
+)
 
 
 @pytest.mark.parametrize(
