@@ -92,7 +92,7 @@ def encode_frames(encoder: EfficientNetLite, clips: torch.Tensor) -> torch.Tenso
     return features.view(b, t, -1)  # (B, T, D)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EncoderConfig:
     """Fields shared by every classifier: which frame encoder, its weights, the label space."""
 
@@ -178,7 +178,7 @@ def _frame_average(**config: Any) -> FrameAverage:
 AGGREGATES = ("mean", "linear", "last")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RecurrentConfig(EncoderConfig):
     """An LSTM over per-frame features with a classifier at every step.
 
@@ -345,7 +345,7 @@ def _convpool(**config: Any) -> ConvPool:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TwoStreamConfig(EncoderConfig):
     """RGB stream + optical-flow stream with late fusion of softmax scores.
 
@@ -580,7 +580,7 @@ def inflate_efficientnet_lite(model: EfficientNetLite, time_kernel: int = 3) -> 
     return inflated
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InflatedConfig(EncoderConfig):
     """``time_kernel``: temporal taps of the stem and the k×k depthwise convs (odd)."""
 

@@ -102,7 +102,7 @@ def to_unit_range(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSpec:
     """One stage of MBConv blocks (``r1_k3_s11_e1_i32_o16`` in the TF block strings)."""
 
@@ -115,17 +115,17 @@ class StageSpec:
 
 # efficientnet_lite_builder.py, lite0: width 1.0, depth 1.0, resolution 224, dropout 0.2.
 LITE0_STAGES: tuple[StageSpec, ...] = (
-    StageSpec(1, 3, 1, 1, 16),
-    StageSpec(2, 3, 2, 6, 24),
-    StageSpec(2, 5, 2, 6, 40),
-    StageSpec(3, 3, 2, 6, 80),
-    StageSpec(3, 5, 1, 6, 112),
-    StageSpec(4, 5, 2, 6, 192),
-    StageSpec(1, 3, 1, 6, 320),
+    StageSpec(repeats=1, kernel=3, stride=1, expand=1, out_channels=16),
+    StageSpec(repeats=2, kernel=3, stride=2, expand=6, out_channels=24),
+    StageSpec(repeats=2, kernel=5, stride=2, expand=6, out_channels=40),
+    StageSpec(repeats=3, kernel=3, stride=2, expand=6, out_channels=80),
+    StageSpec(repeats=3, kernel=5, stride=1, expand=6, out_channels=112),
+    StageSpec(repeats=4, kernel=5, stride=2, expand=6, out_channels=192),
+    StageSpec(repeats=1, kernel=3, stride=1, expand=6, out_channels=320),
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EfficientNetLiteConfig:
     """EfficientNet-Lite hyper-parameters; the defaults are Lite0 as trained on ImageNet-1k."""
 

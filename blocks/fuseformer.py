@@ -49,7 +49,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FuseFormerBlockConfig:
     """One FuseFormer transformer block; defaults are the official generator's.
 
@@ -213,7 +213,7 @@ class FuseFormerBlock(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FuseFormerConfig:
     """The FuseFormer inpainting generator; defaults reproduce the official one (36,591,299
     parameters).

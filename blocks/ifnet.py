@@ -155,7 +155,7 @@ class _FrameInterpolator(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IFNetECCVConfig:
     widths: tuple[int, ...] = (240, 150, 90)  # IFBlock channels per level, coarse → fine
     scale_list: tuple[float, ...] = (4.0, 2.0, 1.0)  # input downscale per level
@@ -408,7 +408,7 @@ class IFNetECCV(_FrameInterpolator):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IFNetV4Config:
     widths: tuple[int, ...] = (192, 128, 96, 64, 32)  # IFBlock channels per level, coarse → fine
     scale_list: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0, 1.0)  # input downscale per level

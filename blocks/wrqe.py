@@ -133,7 +133,7 @@ def _minmax_rows(windows: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- modules
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WRQEConfig:
     """WRQE configuration; defaults are the official ones.
 

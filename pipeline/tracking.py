@@ -7,7 +7,8 @@ A job gets exactly one MLflow run. :class:`JobTracker` creates it with the job s
 (flattened, redacted) params and runtime facts as tags, logs metrics while the job runs, attaches
 the job's artifacts at the end and closes the run with a final status::
 
-    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment, run_name, fail_fast)
+    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment, run_name,
+                         fail_fast=spec.mlflow.fail_fast)
     run_id = tracker.start(spec_dict, tags=runtime_tags())
     tracker.log_metrics({"clips_done": 128.0}, step=3)
     tracker.log_artifacts(spec_text, summary, failed_videos, throughput, label_counts)
@@ -217,8 +218,8 @@ class JobTracker:
         tracking_uri: str | None,
         experiment: str,
         run_name: str,
-        fail_fast: bool = False,
         *,
+        fail_fast: bool = False,
         probe_timeout_s: float = _PROBE_TIMEOUT_S,
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
