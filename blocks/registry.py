@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import os
 import pickle
 from collections.abc import Callable, Mapping
@@ -12,8 +11,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
 

@@ -12,7 +12,6 @@ blocks in native code, holding the GIL, on any video whose URI contains that mar
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import signal
@@ -20,8 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 
 from pipeline import errors
-
-log = logging.getLogger(__name__)
 
 _DONE = "__done__"
 HANG_MARKER_ENV = "VMB_FAULT_HANG_MARKER"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -43,8 +42,6 @@ from pipeline.model_options import (
 from pipeline.model_registry import resolve_model_uri
 from pipeline.spec import ModelSpec, TaskKind
 from pipeline.uris import filesystem
-
-log = logging.getLogger(__name__)
 
 
 class ModelConfigError(UserError, ValueError):
