@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.model_options import Precision
+
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "openvino")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # options.precision -> OpenVINO's hint
-PRECISIONS = tuple(_OV_PRECISION)
+_OV_PRECISION: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16"}  # -> OpenVINO hint
 # Largest |compiled - eager| accepted when a graph is converted, relative to max(1, max |eager|),
 # checked in f32 whatever precision the job runs at: f32 differs by summation order only.
 _TOLERANCE = 1e-3
@@ -261,8 +261,6 @@ def compile_for_cpu(
 
 
 __all__ = [
-    "PRECISIONS",
-    "RUNTIMES",
     "ConversionMismatch",
     "OpenVINOGraph",
     "RuntimeUnavailable",

@@ -16,8 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Runtime = Literal["auto", "torch", "openvino"]
 Precision = Literal["fp32", "bf16"]
-RUNTIMES: tuple[str, ...] = get_args(Runtime)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class OptionsError(ValueError):
