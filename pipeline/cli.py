@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.errors_cli import is_user_error
-from pipeline.ray_logging import native_stderr_to_file
+from pipeline.ray_logging import native_stderr_to_file, skip_expected_ray_notices
 
 # The job the demo runs: package data (a copy of jobs/classify.toml), so it is found in a wheel.
 DEMO_JOB = "jobs/classify.toml"
@@ -74,6 +74,8 @@ def cmd_run(args) -> int:
     from pipeline.runner import run_job
     from pipeline.spec import load_spec
 
+    if not args.verbose:
+        skip_expected_ray_notices()
     spec, text = load_spec(args.spec, args.set)
     result = run_job(spec, spec_text=text, address=args.address, progress=not args.no_progress)
     _print_summary(result)
@@ -86,6 +88,8 @@ def cmd_demo(args) -> int:
     from pipeline.runner import run_job
     from pipeline.spec import load_spec
 
+    if not args.verbose:
+        skip_expected_ray_notices()
     root = Path(".vmb/demo").resolve()
     archive = args.archive
     output = root / "output"

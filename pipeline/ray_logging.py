@@ -6,6 +6,8 @@ Two sources print into the progress bar of a plain run:
   instance"). ``ray.init`` resets the ``ray`` logger to its ``logging_level`` argument (INFO by
   default), so a level set before it is lost: the driver's ``ray.init`` passes
   ``ray_init_kwargs()``.
+- Ray Data's notice that its progress bars are off (the job draws its own):
+  ``skip_expected_ray_notices``.
 - The C++ core worker of the driver, which copies every ERROR line of its log file
   (``python-core-driver-*.log`` in the session's logs folder) to file descriptor 2, e.g. Ray
   Data's actor pools trigger "has constructor arguments in the object store and max_restarts
@@ -34,6 +36,20 @@ def ray_init_kwargs(*, verbose: bool = False) -> dict[str, Any]:
     """Logging arguments for the driver's ``ray.init``: Ray's INFO/WARNING lines only with
     ``--verbose``; worker output in the workers' log files, not streamed to the driver."""
     return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": False}
+
+
+# Notices Ray logs once per process (``ray.util.debug.log_once``) about choices the job makes on
+# purpose: it draws its own progress bar, so Ray Data's are off.
+_EXPECTED_NOTICES = ("ray_data_progress_manager_disabled",)
+
+
+def skip_expected_ray_notices() -> None:
+    """Mark the notices about the job's deliberate settings as already shown."""
+    # Imported here: the CLI imports this module for every command, and Ray costs a second.
+    from ray.util.debug import log_once
+
+    for key in _EXPECTED_NOTICES:
+        log_once(key)
 
 
 def native_log_path() -> Path:
