@@ -35,7 +35,7 @@ class VideoRecipe:
     name: str
     resolution: str
     seconds: float
-    photo: int  # index into pipeline.sample.SAMPLES
+    photo: int  # index into pipeline.demo_archive.SAMPLES
     seed: int
 
     @property
@@ -48,7 +48,7 @@ class VideoRecipe:
 
 
 def _frames(recipe: VideoRecipe) -> Iterator[np.ndarray]:
-    from pipeline.sample import SAMPLES, load_photo
+    from pipeline.demo_archive import SAMPLES, load_photo
 
     photo = load_photo(SAMPLES[recipe.photo % len(SAMPLES)])
     width, height = recipe.size

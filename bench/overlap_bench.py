@@ -4,7 +4,7 @@ On the same archive and settings, in this process:
 
 - ``decode only``  ``open_reader`` + ``iter_clips`` over every planned clip, one decoder thread
                    (what one decode actor does): clips/s and CPU seconds per clip;
-- ``model only``   the model runner (``pipeline.model_runners.build_runner``, as the model actor
+- ``model only``   the model runner (``pipeline.models.build_model``, as the model actor
                    builds it) over the same clips, pre-decoded, in batches of the job's
                    ``batch_size``, with the threads the model actor gets: clips/s and CPU s/clip;
 - ``end to end``   ``pipeline.job.run_job`` (Ray started beforehand, so not counted; probing,
@@ -67,11 +67,11 @@ def model_only(spec, clips: list[np.ndarray]) -> tuple[float, float]:
     """(clips/s, CPU seconds per clip) of the model runner alone."""
     import torch
 
-    from pipeline.model_runners import build_runner
+    from pipeline.models import build_model
 
     threads = torch.get_num_threads()
     m = spec.models[0]
-    runner = build_runner(m, output=spec.output, clip_shape=(8, 224, 224))
+    runner = build_model(m, output=spec.output, clip_shape=(8, 224, 224))
     metas = [{"video_id": "v", "video_uri": "v", "clip_index": i, "fps": 25.0,
               "frame_indices": np.arange(8), "frame_bytes": np.zeros(8)} for i in range(len(clips))]
     runner.run(np.stack(clips[:m.batch_size]), metas[:m.batch_size])  # warm-up (not counted)

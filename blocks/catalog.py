@@ -10,14 +10,18 @@ def catalog_rows() -> list[dict[str, object]]:
     rows = []
     for name in list_blocks():
         info = block_info(name)
-        model = info.builder(**({"pretrained": False} if "pretrained" in _params(info.builder) else {}))
-        rows.append({
-            "name": name,
-            "params": param_count(model),
-            "paper": info.paper,
-            "arxiv": info.arxiv or "",
-            "input": info.input_layout,
-        })
+        model = info.builder(
+            **({"pretrained": False} if "pretrained" in _params(info.builder) else {})
+        )
+        rows.append(
+            {
+                "name": name,
+                "params": param_count(model),
+                "paper": info.paper,
+                "arxiv": info.arxiv or "",
+                "input": info.input_layout,
+            }
+        )
     return rows
 
 

@@ -24,8 +24,9 @@ fresh layers (LSTM, flow stream) that must be trained before their scores mean a
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from blocks.efficientnet_lite import (
     PREPROCESS,
     EfficientNetLite,
     SamePadConv2d,
+    imagenet_labels,
     same_padding,
     to_unit_range,
 )
@@ -44,8 +46,20 @@ ENCODERS = ("efficientnet-lite0",)
 
 _EFFICIENTNET_WEIGHTS_LICENCE = "Apache-2.0 (EfficientNet-Lite0 ImageNet weights)"
 _CLIP_LAYOUT = "(B, T, 3, H, W) RGB clips, each frame preprocessed for the encoder"
-_CLIP_RANGE = ("encoder-normalised: (pixel - 127) / 128, about [-1, 1] "
-               "(blocks.efficientnet_lite.preprocess)")
+_CLIP_RANGE = (
+    "encoder-normalised: (pixel - 127) / 128, about [-1, 1] (blocks.efficientnet_lite.preprocess)"
+)
+
+
+# What the pipeline reads to run a classifier (see ``blocks.registry.BlockInfo``); the label
+# names apply when the model keeps the encoder's 1000-class ImageNet head.
+_PIPELINE_META = {
+    "tasks": ("classify", "embed"),
+    "input_kind": "clip",
+    "preprocessing": PREPROCESS,
+    "class_names": imagenet_labels,
+}
+_LITE0_FEATURES = 1280
 
 
 def _tiny_clips(batch: int, frames: int = 2, size: int = 32) -> tuple[torch.Tensor]:
@@ -65,8 +79,9 @@ def build_encoder(name: str, pretrained: bool, num_classes: int, **config: Any) 
         raise ValueError(f"unsupported encoder {name!r}; expected one of {ENCODERS}")
     encoder = create_block(name, pretrained=pretrained, num_classes=num_classes, **config)
     if not isinstance(encoder, EfficientNetLite):
-        raise TypeError(f"encoder {name!r} built a {type(encoder).__name__}, "
-                        "expected an EfficientNetLite")
+        raise TypeError(
+            f"encoder {name!r} built a {type(encoder).__name__}, expected an EfficientNetLite"
+        )
     return encoder
 
 
@@ -77,7 +92,7 @@ def encode_frames(encoder: EfficientNetLite, clips: torch.Tensor) -> torch.Tenso
     return features.view(b, t, -1)  # (B, T, D)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EncoderConfig:
     """Fields shared by every classifier: which frame encoder, its weights, the label space."""
 
@@ -99,8 +114,9 @@ class _ClipClassifier(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config.encoder, config.pretrained, config.num_classes,
-                                     dropout_rate=config.dropout_rate)
+        self.encoder = build_encoder(
+            config.encoder, config.pretrained, config.num_classes, dropout_rate=config.dropout_rate
+        )
         self.num_classes = config.num_classes
         self.labels = self.encoder.labels
         self.preprocessing = self.encoder.preprocessing
@@ -139,7 +155,7 @@ class FrameAverage(_ClipClassifier):
 @register_block(
     "frame-average",
     paper="Per-frame ImageNet classifier averaged over time (zero-training baseline; "
-          "EfficientNet, Tan & Le, ICML 2019)",
+    "EfficientNet, Tan & Le, ICML 2019)",
     arxiv="1905.11946",
     repo=None,
     input_layout=_CLIP_LAYOUT,
@@ -148,6 +164,8 @@ class FrameAverage(_ClipClassifier):
     tiny_config={"pretrained": False, "num_classes": 5},
     example_inputs=_tiny_clips,
     description="Mean of EfficientNet-Lite0 frame features → ImageNet head; no training needed.",
+    feature_dim=_LITE0_FEATURES,
+    **_PIPELINE_META,
 )
 def _frame_average(**config: Any) -> FrameAverage:
     return FrameAverage(EncoderConfig(**config))
@@ -160,7 +178,7 @@ def _frame_average(**config: Any) -> FrameAverage:
 AGGREGATES = ("mean", "linear", "last")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RecurrentConfig(EncoderConfig):
     """An LSTM over per-frame features with a classifier at every step.
 
@@ -195,9 +213,13 @@ class RecurrentClassifier(_ClipClassifier):
 
     def __init__(self, config: RecurrentConfig) -> None:
         super().__init__(config)
-        self.lstm = nn.LSTM(self.encoder.feature_dim, config.hidden_size, config.num_layers,
-                            batch_first=True,
-                            dropout=config.lstm_dropout if config.num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            self.encoder.feature_dim,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            dropout=config.lstm_dropout if config.num_layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(config.dropout_rate)
         self.fc = nn.Linear(config.hidden_size, config.num_classes)
 
@@ -234,7 +256,7 @@ class RecurrentClassifier(_ClipClassifier):
 @register_block(
     "lrcn",
     paper="Donahue et al., Long-term Recurrent Convolutional Networks for Visual Recognition "
-          "and Description, CVPR 2015",
+    "and Description, CVPR 2015",
     arxiv="1411.4389",
     repo="https://github.com/LisaAnne/lisa-caffe-public (LRCN activity recognition)",
     input_layout=_CLIP_LAYOUT,
@@ -243,6 +265,9 @@ class RecurrentClassifier(_ClipClassifier):
     tiny_config={"pretrained": False, "num_classes": 5, "hidden_size": 8},
     example_inputs=_tiny_clips,
     description="Per-frame EfficientNet-Lite0 → 1-layer LSTM (256) → per-step logits averaged.",
+    feature_dim=256,
+    untrained_head=True,
+    **_PIPELINE_META,
 )
 def _lrcn(**config: Any) -> RecurrentClassifier:
     return RecurrentClassifier(RecurrentConfig(**config))
@@ -251,7 +276,7 @@ def _lrcn(**config: Any) -> RecurrentClassifier:
 @register_block(
     "convpool-lstm",
     paper="Ng et al., Beyond Short Snippets: Deep Networks for Video Classification, CVPR 2015 "
-          "(LSTM variant)",
+    "(LSTM variant)",
     arxiv="1503.08909",
     repo=None,
     input_layout=_CLIP_LAYOUT,
@@ -260,7 +285,10 @@ def _lrcn(**config: Any) -> RecurrentClassifier:
     tiny_config={"pretrained": False, "num_classes": 5, "hidden_size": 8, "num_layers": 2},
     example_inputs=_tiny_clips,
     description="Per-frame EfficientNet-Lite0 → 5 stacked LSTM layers (512) → per-step logits, "
-                "linearly weighted over time.",
+    "linearly weighted over time.",
+    feature_dim=512,
+    untrained_head=True,
+    **_PIPELINE_META,
 )
 def _convpool_lstm(**config: Any) -> RecurrentClassifier:
     # The paper's deep LSTM: five stacked layers of 512 cells over the frame features.
@@ -278,7 +306,8 @@ class ConvPool(_ClipClassifier):
 
     The max runs over frames at each (channel, y, x) of the encoder's final feature map, before
     the spatial average, as in the paper's "Conv Pooling"; the encoder's classifier follows
-    (the paper adds fully connected layers after the pooling, which training can add here). A static clip therefore gives the image model's output.
+    (the paper adds fully connected layers after the pooling, which training can add here).
+    A static clip therefore gives the image model's output.
 
     Inputs:  clips (B, T, 3, H, W), encoder-normalised.
     Outputs: logits (B, num_classes); ``forward_features`` → (B, D).
@@ -295,7 +324,7 @@ class ConvPool(_ClipClassifier):
 @register_block(
     "convpool",
     paper="Ng et al., Beyond Short Snippets: Deep Networks for Video Classification, CVPR 2015 "
-          "(Conv Pooling)",
+    "(Conv Pooling)",
     arxiv="1503.08909",
     repo=None,
     input_layout=_CLIP_LAYOUT,
@@ -304,6 +333,8 @@ class ConvPool(_ClipClassifier):
     tiny_config={"pretrained": False, "num_classes": 5},
     example_inputs=_tiny_clips,
     description="Temporal max-pool of EfficientNet-Lite0 feature maps → ImageNet head.",
+    feature_dim=_LITE0_FEATURES,
+    **_PIPELINE_META,
 )
 def _convpool(**config: Any) -> ConvPool:
     return ConvPool(EncoderConfig(**config))
@@ -314,7 +345,7 @@ def _convpool(**config: Any) -> ConvPool:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TwoStreamConfig(EncoderConfig):
     """RGB stream + optical-flow stream with late fusion of softmax scores.
 
@@ -342,8 +373,9 @@ class TwoStreamConfig(EncoderConfig):
             raise ValueError("flow_stack must be >= 1 and flow_scale > 0")
         w = tuple(self.fusion_weights)
         if len(w) != 2 or min(w) < 0 or sum(w) <= 0:
-            raise ValueError(f"fusion_weights must be two non-negative numbers, not both 0, "
-                             f"got {w}")
+            raise ValueError(
+                f"fusion_weights must be two non-negative numbers, not both 0, got {w}"
+            )
 
 
 class TwoStream(_ClipClassifier):
@@ -367,15 +399,20 @@ class TwoStream(_ClipClassifier):
 
     def __init__(self, config: TwoStreamConfig) -> None:
         super().__init__(config)
-        self.flow_net = create_block(config.flow_model, weights=config.flow_weights,
-                                     **dict(config.flow_config))
+        self.flow_net = create_block(
+            config.flow_model, weights=config.flow_weights, **dict(config.flow_config)
+        )
         if not hasattr(self.flow_net, "estimate_flow"):
             raise TypeError(f"{config.flow_model} has no estimate_flow(img0, img1)")
         if config.freeze_flow:
             self.flow_net.requires_grad_(False)
-        self.flow_encoder = build_encoder(config.encoder, config.pretrained, config.num_classes,
-                                          in_channels=2 * config.flow_stack,
-                                          dropout_rate=config.dropout_rate)
+        self.flow_encoder = build_encoder(
+            config.encoder,
+            config.pretrained,
+            config.num_classes,
+            in_channels=2 * config.flow_stack,
+            dropout_rate=config.dropout_rate,
+        )
         weights = torch.tensor(config.fusion_weights, dtype=torch.float32)
         self.register_buffer("fusion_weights", weights, persistent=False)
 
@@ -385,7 +422,7 @@ class TwoStream(_ClipClassifier):
         b, t = clips.shape[:2]
         n = self.config.flow_stack
         start = (t - (n + 1)) // 2
-        frames = clips[:, start:start + n + 1]  # (B, L+1, 3, H, W)
+        frames = clips[:, start : start + n + 1]  # (B, L+1, 3, H, W)
         frames = to_unit_range(frames, self.preprocessing)  # IFNet wants RGB in [0, 1]
         img0 = frames[:, :-1].flatten(0, 1)  # (B*L, 3, H, W)
         img1 = frames[:, 1:].flatten(0, 1)  # (B*L, 3, H, W)
@@ -421,24 +458,35 @@ class TwoStream(_ClipClassifier):
 
 # A tiny ifnet-v4 for the registry tests (fields of blocks.ifnet.IFNetV4Config); padding to a
 # multiple of 64 instead of the official 128 keeps 32x32 test clips cheap.
-_TINY_IFNET: dict[str, Any] = {"widths": (8, 8, 8, 8, 8), "block_depth": 1, "encoder_channels": 4,
-                               "pad_multiple": 64}
+_TINY_IFNET: dict[str, Any] = {
+    "widths": (8, 8, 8, 8, 8),
+    "block_depth": 1,
+    "encoder_channels": 4,
+    "pad_multiple": 64,
+}
 
 
 @register_block(
     "two-stream",
     paper="Simonyan & Zisserman, Two-Stream Convolutional Networks for Action Recognition in "
-          "Videos, NeurIPS 2014 (flow from RIFE's IFNet instead of TV-L1)",
+    "Videos, NeurIPS 2014 (flow from RIFE's IFNet instead of TV-L1)",
     arxiv="1406.2199",
     repo=None,
     input_layout=_CLIP_LAYOUT + ", T >= flow_stack + 1",
     value_range=_CLIP_RANGE + "; converted back to [0, 1] for the flow model",
     weights_licence=_EFFICIENTNET_WEIGHTS_LICENCE + " for the RGB stream; flow stream untrained; "
-                    "IFNet weights as supplied by the user (flow_weights)",
-    tiny_config={"pretrained": False, "num_classes": 5, "flow_stack": 1,
-                 "flow_config": _TINY_IFNET},
+    "IFNet weights as supplied by the user (flow_weights)",
+    tiny_config={
+        "pretrained": False,
+        "num_classes": 5,
+        "flow_stack": 1,
+        "flow_config": _TINY_IFNET,
+    },
     example_inputs=_tiny_clips,
     description="RGB EfficientNet-Lite0 + stacked IFNet-flow stream, late softmax fusion.",
+    feature_dim=2 * _LITE0_FEATURES,
+    untrained_head=True,
+    **_PIPELINE_META,
 )
 def _two_stream(**config: Any) -> TwoStream:
     return TwoStream(TwoStreamConfig(**config))
@@ -464,10 +512,17 @@ class InflatedConv3d(nn.Conv3d):
         if time_kernel < 1 or time_kernel % 2 == 0:
             raise ValueError(f"time_kernel must be odd and positive, got {time_kernel}")
         kh, kw = conv.kernel_size
-        super().__init__(conv.in_channels, conv.out_channels, (time_kernel, kh, kw),
-                         stride=(1, *conv.stride), padding=0, groups=conv.groups,
-                         bias=conv.bias is not None, device=conv.weight.device,
-                         dtype=conv.weight.dtype)
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            (time_kernel, kh, kw),
+            stride=(1, *conv.stride),
+            padding=0,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         with torch.no_grad():
             self.weight.copy_(conv.weight.unsqueeze(2).expand_as(self.weight) / time_kernel)
             if conv.bias is not None:
@@ -488,9 +543,15 @@ class InflatedConv3d(nn.Conv3d):
 
 
 def _batchnorm3d_from(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
-    new = nn.BatchNorm3d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                         track_running_stats=bn.track_running_stats,
-                         device=bn.weight.device, dtype=bn.weight.dtype)
+    new = nn.BatchNorm3d(
+        bn.num_features,
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+        device=bn.weight.device,
+        dtype=bn.weight.dtype,
+    )
     new.load_state_dict(bn.state_dict())
     return new
 
@@ -519,7 +580,7 @@ def inflate_efficientnet_lite(model: EfficientNetLite, time_kernel: int = 3) -> 
     return inflated
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InflatedConfig(EncoderConfig):
     """``time_kernel``: temporal taps of the stem and the k×k depthwise convs (odd)."""
 
@@ -545,8 +606,9 @@ class InflatedClassifier(nn.Module):
     def __init__(self, config: InflatedConfig) -> None:
         super().__init__()
         self.config = config
-        image_model = build_encoder(config.encoder, config.pretrained, config.num_classes,
-                                    dropout_rate=config.dropout_rate)
+        image_model = build_encoder(
+            config.encoder, config.pretrained, config.num_classes, dropout_rate=config.dropout_rate
+        )
         self.net = inflate_efficientnet_lite(image_model, config.time_kernel)
         self.num_classes = config.num_classes
         self.labels = image_model.labels
@@ -564,7 +626,7 @@ class InflatedClassifier(nn.Module):
         """(B, T, 3, H, W) → logits (B, num_classes)."""
         return self.head(self.forward_features(clips))
 
-    def to(self, *args: Any, **kwargs: Any) -> "InflatedClassifier":
+    def to(self, *args: Any, **kwargs: Any) -> InflatedClassifier:
         # Callers that ask every model for channels_last (the 2D layout) would hit "required rank
         # 4 tensor" on the 5D conv weights; the 3D equivalent is what they mean here.
         if kwargs.get("memory_format") is torch.channels_last:
@@ -575,7 +637,7 @@ class InflatedClassifier(nn.Module):
 @register_block(
     "i3d-inflated",
     paper="Carreira & Zisserman, Quo Vadis, Action Recognition? A New Model and the Kinetics "
-          "Dataset, CVPR 2017 (inflation of EfficientNet-Lite0)",
+    "Dataset, CVPR 2017 (inflation of EfficientNet-Lite0)",
     arxiv="1705.07750",
     repo="https://github.com/google-deepmind/kinetics-i3d",
     input_layout=_CLIP_LAYOUT,
@@ -584,6 +646,8 @@ class InflatedClassifier(nn.Module):
     tiny_config={"pretrained": False, "num_classes": 5},
     example_inputs=_tiny_clips,
     description="EfficientNet-Lite0 inflated to 3D (t=3 stem/depthwise, 1x1x1 pointwise).",
+    feature_dim=_LITE0_FEATURES,
+    **_PIPELINE_META,
 )
 def _i3d_inflated(**config: Any) -> InflatedClassifier:
     return InflatedClassifier(InflatedConfig(**config))

@@ -52,7 +52,7 @@ _HCRN_PAPER = (
 _HCRN_REPO = "https://github.com/thaolmk54/hcrn-videoqa"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CRNConfig:
     """Configuration of one CRN unit (field names follow the official constructor).
 
@@ -231,7 +231,7 @@ def build_crn(**config) -> CRN:
 # --------------------------------------------------------------------------- HCRN classifier
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HCRNClassifierConfig:
     """HCRN visual hierarchy with a classification head.
 
@@ -322,12 +322,26 @@ class HCRNClassifier(nn.Module):
         self.appearance_feat_proj = nn.Linear(config.vision_dim, dim)
         self.clip_level_motion_proj = nn.Linear(motion_dim, dim)
         self.clip_level_motion_cond = CRN(
-            CRNConfig(dim, f, f, False, config.spl_resolution, seed=config.seed)
+            CRNConfig(
+                module_dim=dim,
+                num_objects=f,
+                max_subset_size=f,
+                gating=False,
+                spl_resolution=config.spl_resolution,
+                seed=config.seed,
+            )
         )
         self.sequence_encoder = nn.LSTM(motion_dim, dim, batch_first=True)
         self.video_level_motion_proj = nn.Linear(dim, dim)
         self.video_level_motion_cond = CRN(
-            CRNConfig(dim, c, c, False, config.spl_resolution, seed=config.seed + 1)
+            CRNConfig(
+                module_dim=dim,
+                num_objects=c,
+                max_subset_size=c,
+                gating=False,
+                spl_resolution=config.spl_resolution,
+                seed=config.seed + 1,
+            )
         )
         self.activation = nn.ELU()
         self.attn_proj = nn.Linear(dim, dim)
@@ -423,6 +437,12 @@ def _hcrn_example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     weights_licence="Apache-2.0 (official code); no bundled weights (train your own)",
     needs_weights=True,
     description="HCRN clip/video-level CRN hierarchy over frame features + classification head",
+    tasks=("classify", "embed"),
+    input_kind="frame-features",
+    feature_dim=HCRNClassifierConfig.module_dim,
+    untrained_head=True,
+    frame_encoder="efficientnet-lite0",
+    frame_encoder_dim_key="vision_dim",
 )
 def build_hcrn_classifier(**config) -> HCRNClassifier:
     """Build an :class:`HCRNClassifier` from :class:`HCRNClassifierConfig` fields."""

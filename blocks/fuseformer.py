@@ -49,7 +49,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FuseFormerBlockConfig:
     """One FuseFormer transformer block; defaults are the official generator's.
 
@@ -213,7 +213,7 @@ class FuseFormerBlock(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FuseFormerConfig:
     """The FuseFormer inpainting generator; defaults reproduce the official one (36,591,299
     parameters).
@@ -558,6 +558,8 @@ def fuseformer_block(**config) -> FuseFormerBlock:
     weights_licence=FUSEFORMER_LICENCE,
     needs_weights=True,
     description="FuseFormer video inpainting generator (encoder, 8 FuseFormer blocks, decoder)",
+    tasks=("inpaint",),
+    input_kind="masked-clip",
 )
 def fuseformer(**config) -> FuseFormer:
     return FuseFormer(FuseFormerConfig(**config))

@@ -22,8 +22,9 @@ middle frame is ``warp(img0, flow[:, :2]) * mask + warp(img1, flow[:, 2:]) * (1 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class Interpolation(NamedTuple):
     flow: torch.Tensor
     mask: torch.Tensor
 
-    def crop(self, height: int, width: int) -> "Interpolation":
+    def crop(self, height: int, width: int) -> Interpolation:
         return Interpolation(*(t[..., :height, :width] for t in self))
 
 
@@ -154,7 +155,7 @@ class _FrameInterpolator(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IFNetECCVConfig:
     widths: tuple[int, ...] = (240, 150, 90)  # IFBlock channels per level, coarse → fine
     scale_list: tuple[float, ...] = (4.0, 2.0, 1.0)  # input downscale per level
@@ -371,7 +372,10 @@ class IFNetECCV(_FrameInterpolator):
         return Interpolation(frame, flow, torch.sigmoid(mask))
 
     def forward_train(
-        self, img0: torch.Tensor, img1: torch.Tensor, gt: torch.Tensor,
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        gt: torch.Tensor,
         scale_list: Sequence[float] | None = None,
     ) -> IFNetTrainOutputs:
         """Training pass: students, then the teacher block that also sees ``gt``.
@@ -392,10 +396,9 @@ class IFNetECCV(_FrameInterpolator):
         d_flow, d_mask = self.block_tea(x, flow, 1)
         teacher_flow = flow + d_flow
         teacher_alpha = torch.sigmoid(mask + d_mask)
-        teacher_merged = (
-            backward_warp(img0, teacher_flow[:, :2]) * teacher_alpha
-            + backward_warp(img1, teacher_flow[:, 2:]) * (1 - teacher_alpha)
-        )
+        teacher_merged = backward_warp(img0, teacher_flow[:, :2]) * teacher_alpha + backward_warp(
+            img1, teacher_flow[:, 2:]
+        ) * (1 - teacher_alpha)
         merged[-1] = self._refine(img0, img1, flow, mask, warped0, warped1)
         return IFNetTrainOutputs(flows, masks, merged, teacher_flow, teacher_merged)
 
@@ -405,7 +408,7 @@ class IFNetECCV(_FrameInterpolator):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IFNetV4Config:
     widths: tuple[int, ...] = (192, 128, 96, 64, 32)  # IFBlock channels per level, coarse → fine
     scale_list: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0, 1.0)  # input downscale per level
@@ -601,6 +604,8 @@ _RIFE_PAPER = (
     weights_licence="MIT",
     needs_weights=True,
     description="IFNet: coarse-to-fine intermediate flow + fusion mask + U-Net refinement",
+    tasks=("motion",),
+    input_kind="frame-pair",
 )
 def ifnet_eccv(**config) -> IFNetECCV:
     return IFNetECCV(IFNetECCVConfig(**config))
@@ -622,6 +627,8 @@ def ifnet_eccv(**config) -> IFNetECCV:
     weights_licence="MIT",
     needs_weights=True,
     description="Practical-RIFE 4.25 IFNet: 5-level flow with feature encoder, any timestep",
+    tasks=("motion",),
+    input_kind="frame-pair",
 )
 def ifnet_v4(**config) -> IFNetV4:
     return IFNetV4(IFNetV4Config(**config))

@@ -113,7 +113,7 @@ def resize_map(bias: torch.Tensor, size: Pair) -> torch.Tensor:
     return resized[0]  # (C, H, W)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SoftSplitConfig:
     """Soft Split: ``channels`` input maps → tokens of width ``hidden``.
 
@@ -167,7 +167,7 @@ class SoftSplit(nn.Module):
         return self.dropout(tokens)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SoftCompositionConfig:
     """Soft Composition: tokens of width ``hidden`` → ``channels`` maps.
 

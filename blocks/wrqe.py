@@ -58,8 +58,8 @@ Optimizer slots (``*/Adam``, ``*/Adam_1``, ``beta*_power``) and ``global_step`` 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def _minmax_rows(windows: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- modules
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WRQEConfig:
     """WRQE configuration; defaults are the official ones.
 
@@ -477,6 +477,8 @@ def _example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     weights_licence="BSD-3-Clause (official code); no bundled weights",
     needs_weights=True,
     description="Bidirectional quality-weighted ConvLSTM enhancement of decoded frames",
+    tasks=("enhance",),
+    input_kind="clip+side-info",
 )
 def build_wrqe(**config) -> WRQE:
     """Build a :class:`WRQE` from :class:`WRQEConfig` fields."""

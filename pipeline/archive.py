@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.errors import UserError
 from pipeline.records import VideoTask, make_video_id
 from pipeline.uris import filesystem, network_errors, redact_uri
 
@@ -37,7 +38,7 @@ VIDEO_EXTENSIONS = frozenset({
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".txt", ".lst")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(UserError, ValueError):
     """The archive URI cannot be listed at all (missing, unreadable, empty)."""
 
 

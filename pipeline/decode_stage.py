@@ -7,7 +7,7 @@ error (after the clips it produced, counted in ``emitted_before_error``); a segm
 arrives failed (the probe refused the video) passes on as such a row. Every segment therefore
 reaches the writer.
 
-Decoding runs in the actor's killable child process (``pipeline.decode_process``): a segment
+Decoding runs in the actor's killable child process (``pipeline.child_process``): a segment
 exceeding ``decode.timeout_s`` becomes a ``timeout`` row and the child is replaced.
 """
 
@@ -51,9 +51,9 @@ def decode_segment(row: dict[str, Any], sampling: dict, decode: dict, storage_op
                    want_packet_sizes: bool) -> Iterator[dict[str, Any]]:
     """Clip fields of one segment row; a failure ends the stream with one ``ok = False`` row.
 
-    Runs inside the decode actor's child process (see ``pipeline.decode_process``).
+    Runs inside the decode actor's child process (see ``pipeline.child_process``).
     """
-    from pipeline.decode_process import maybe_inject_hang
+    from pipeline.child_process import maybe_inject_hang
 
     sampling_spec = SamplingSpec.model_validate(sampling)
     decode_spec = DecodeSpec.model_validate(decode)
@@ -92,7 +92,7 @@ class DecodeWorker:
 
     def __init__(self, *, sampling: dict, decode: dict, storage_options: dict,
                  want_packet_sizes: bool):
-        from pipeline.decode_process import IsolatedDecoder
+        from pipeline.child_process import IsolatedDecoder
 
         self.sampling = SamplingSpec.model_validate(sampling)
         self.decode = DecodeSpec.model_validate(decode)

@@ -136,3 +136,11 @@ def error_class(error_type: str) -> type[VideoError]:
         found.setdefault(cls.error_type, cls)
         pending.extend(cls.__subclasses__())
     return found.get(error_type, SourceReadError)
+
+
+class UserError(Exception):
+    """An error caused by the request (spec, input, output, query, credentials), not by a bug.
+
+    The CLI prints its message and exits 2 instead of showing a traceback. Not a ``VideoError``:
+    these fail the command, not one video.
+    """

@@ -26,17 +26,18 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.model_options import Precision
+
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "openvino")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # options.precision -> OpenVINO's hint
-PRECISIONS = tuple(_OV_PRECISION)
+_OV_PRECISION: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16"}  # -> OpenVINO hint
 # Largest |compiled - eager| accepted when a graph is converted, relative to max(1, max |eager|),
 # checked in f32 whatever precision the job runs at: f32 differs by summation order only.
 _TOLERANCE = 1e-3
@@ -73,10 +74,18 @@ def graph_key(module: torch.nn.Module, example: torch.Tensor) -> str:
     for path in sources:
         if path and os.path.exists(path):
             h.update(Path(path).read_bytes())
-    h.update(json.dumps({
-        "shape": list(example.shape), "dtype": str(example.dtype),
-        "torch": torch.__version__, "openvino": openvino.__version__,
-    }, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {
+                "shape": list(example.shape),
+                "dtype": str(example.dtype),
+                "torch": torch.__version__,
+                "openvino": openvino.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return h.hexdigest()[:32]
 
 
@@ -129,13 +138,17 @@ def _example_batch(example: torch.Tensor) -> torch.Tensor:
 
 
 def _compile(core, model, precision: str, threads: int):
-    return core.compile_model(model, "CPU", {
-        "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
-        "INFERENCE_NUM_THREADS": max(1, int(threads)),
-        "PERFORMANCE_HINT": "LATENCY",
-        # The actor shares its cores with decode processes: let the OS place threads.
-        "ENABLE_CPU_PINNING": False,
-    })
+    return core.compile_model(
+        model,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+            "INFERENCE_NUM_THREADS": max(1, int(threads)),
+            "PERFORMANCE_HINT": "LATENCY",
+            # The actor shares its cores with decode processes: let the OS place threads.
+            "ENABLE_CPU_PINNING": False,
+        },
+    )
 
 
 class ConversionMismatch(RuntimeError):
@@ -150,8 +163,9 @@ class OpenVINOGraph:
     eager module on a random batch, in f32, before it is used or cached (``ConversionMismatch``).
     """
 
-    def __init__(self, module: torch.nn.Module, example: torch.Tensor, *, precision: str,
-                 threads: int):
+    def __init__(
+        self, module: torch.nn.Module, example: torch.Tensor, *, precision: str, threads: int
+    ):
         import openvino as ov
 
         self.shape = tuple(example.shape)
@@ -177,21 +191,26 @@ class OpenVINOGraph:
         with torch.inference_mode():
             expected = module(batch)
         expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        outputs = _compile(core, model, "fp32", threads).create_infer_request().infer([batch.numpy()])
+        outputs = (
+            _compile(core, model, "fp32", threads).create_infer_request().infer([batch.numpy()])
+        )
         got = [np.asarray(outputs[i]) for i in range(len(expected))]
         for i, (want, have) in enumerate(zip(expected, got)):
             want = want.float().numpy()
             scale = max(1.0, float(np.abs(want).max()))
             err = float(np.abs(want - have).max())
             if not np.isfinite(err) or err > _TOLERANCE * scale:
-                raise ConversionMismatch(f"output {i} differs from the eager model by {err:.3g} "
-                                         f"(allowed {_TOLERANCE * scale:.3g})")
+                raise ConversionMismatch(
+                    f"output {i} differs from the eager model by {err:.3g} "
+                    f"(allowed {_TOLERANCE * scale:.3g})"
+                )
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         n = len(batch)
         if n > self.shape[0] or tuple(batch.shape[1:]) != self.shape[1:]:
-            raise ValueError(f"batch of shape {tuple(batch.shape)} does not fit the compiled "
-                             f"shape {self.shape}")
+            raise ValueError(
+                f"batch of shape {tuple(batch.shape)} does not fit the compiled shape {self.shape}"
+            )
         if n < self.shape[0]:  # pad to the compiled batch; the padding's outputs are dropped
             padded = np.zeros(self.shape, dtype=batch.dtype)
             padded[:n] = batch
@@ -200,8 +219,9 @@ class OpenVINOGraph:
         return tuple(np.array(outputs[i][:n]) for i in range(len(self.compiled.outputs)))
 
 
-def compile_for_cpu(module: torch.nn.Module, example: torch.Tensor, *, runtime: str,
-                    precision: str, threads: int) -> Callable[[np.ndarray], Sequence[Any]] | None:
+def compile_for_cpu(
+    module: torch.nn.Module, example: torch.Tensor, *, runtime: str, precision: str, threads: int
+) -> Callable[[np.ndarray], Sequence[Any]] | None:
     """An OpenVINO-compiled ``module`` when ``runtime`` asks for it (or ``auto`` allows it).
 
     Returns None when the forward should stay in PyTorch (``runtime = "torch"``, or ``auto`` where
@@ -212,22 +232,40 @@ def compile_for_cpu(module: torch.nn.Module, example: torch.Tensor, *, runtime: 
         return None
     if not openvino_available():
         if runtime == "openvino":
-            raise RuntimeUnavailable("runtime 'openvino' needs the openvino package, "
-                                     "which is not installed in this environment")
+            raise RuntimeUnavailable(
+                "runtime 'openvino' needs the openvino package, "
+                "which is not installed in this environment"
+            )
         return None
     try:
         graph = OpenVINOGraph(module, example, precision=precision, threads=threads)
     except Exception as err:  # conversion of an arbitrary model can fail in many ways
         if runtime == "openvino":
-            raise RuntimeUnavailable(f"OpenVINO could not convert the model: "
-                                     f"{type(err).__name__}: {err}") from err
-        log.warning("OpenVINO could not convert the model (%s: %s); running it in PyTorch",
-                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            raise RuntimeUnavailable(
+                f"OpenVINO could not convert the model: {type(err).__name__}: {err}"
+            ) from err
+        log.warning(
+            "OpenVINO could not convert the model (%s: %s); running it in PyTorch",
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
         return None
-    log.info("model compiled by OpenVINO (%s, %d threads, graph %s, %s)", precision, threads,
-             graph.key, "cached" if graph.cached else "converted")
+    log.info(
+        "model compiled by OpenVINO (%s, %d threads, graph %s, %s)",
+        precision,
+        threads,
+        graph.key,
+        "cached" if graph.cached else "converted",
+    )
     return graph
 
 
-__all__ = ["PRECISIONS", "RUNTIMES", "ConversionMismatch", "OpenVINOGraph", "RuntimeUnavailable",
-           "cache_dir", "compile_for_cpu", "graph_key", "openvino_available"]
+__all__ = [
+    "ConversionMismatch",
+    "OpenVINOGraph",
+    "RuntimeUnavailable",
+    "cache_dir",
+    "compile_for_cpu",
+    "graph_key",
+    "openvino_available",
+]

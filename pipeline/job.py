@@ -26,8 +26,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.archive import check_archive
+from pipeline.errors import UserError
 from pipeline.listing_source import listing_report_uri
-from pipeline.model_runners import check_model_spec, check_weights
+from pipeline.models import check_model_spec, check_weights
+from pipeline.ray_logging import ray_init_kwargs
 from pipeline.output import JobOutput, clips_file, marker_file, videos_file
 from pipeline.resources import COMMIT_CPUS
 from pipeline.shard_commit import Relist, commit_shard
@@ -44,7 +46,7 @@ class JobFailedError(RuntimeError):
     """The job ran but more videos failed than ``max_error_fraction`` allows."""
 
 
-class OutputConflictError(ValueError):
+class OutputConflictError(UserError, ValueError):
     """The output URI holds the tables of a different job (other input, sampling, models or
     shard size)."""
 
@@ -98,13 +100,14 @@ def _init_ray(spec: JobSpec, address: str | None):
     if ray.is_initialized():
         return ray
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
+    logging_kwargs = ray_init_kwargs(verbose=logging.getLogger().isEnabledFor(logging.INFO))
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **logging_kwargs)
     else:
         # "local": start a fresh instance rather than join whatever cluster /tmp/ray points at
         ray.init(address="local", num_cpus=spec.ray.num_cpus,
                  object_store_memory=spec.ray.object_store_memory,
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, **logging_kwargs)
     return ray
 
 

@@ -2,7 +2,7 @@
 
 Generative models (frame interpolation, quality enhancement, inpainting) produce frames that the
 job stores next to its tables as one MP4 per clip; ``clip_media_uri`` names that file and
-``encode_clip`` writes it. The demo archive (``pipeline.sample``) uses the same encoder.
+``encode_clip`` writes it. The demo archive (``pipeline.demo_archive``) uses the same encoder.
 
 Odd frame sizes: H.264 in 4:2:0 (``yuv420p``, the only layout every player and browser decodes)
 stores chroma at half resolution and so needs even width and height; the SPS crop window cannot
@@ -19,13 +19,14 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any
 
 import av
 import numpy as np
 
-from pipeline.uris import filesystem, join, redact_uri, write_bytes_atomic
+from pipeline.uris import join, redact_uri, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

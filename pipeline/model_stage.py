@@ -44,11 +44,11 @@ class ModelWorker:
 
     def __init__(self, *, model: dict, output: str, storage_options: Mapping[str, Any],
                  tracking_uri: str | None, drop_frames: bool, clip_shape: tuple[int, int, int]):
-        from pipeline.model_runners import build_runner, infer_task
+        from pipeline.models import build_model, infer_task
 
         self.spec = ModelSpec.model_validate(model)
         self.key = self.spec.output_key
-        self.runner = build_runner(self.spec, output=output, storage_options=storage_options,
+        self.model = build_model(self.spec, output=output, storage_options=storage_options,
                                    tracking_uri=tracking_uri, clip_shape=clip_shape)
         self.drop_frames = drop_frames
         # The feature width is part of the column type: learn it now, so every batch -- even
@@ -59,7 +59,7 @@ class ModelWorker:
             blank = np.zeros((1, *clip_shape, 3), np.uint8)  # (1, T, H, W, 3)
             meta = {"video_id": "", "video_uri": "", "clip_index": 0, "fps": 1.0,
                     "frame_indices": np.arange(clip_shape[0]), "frame_bytes": np.zeros(clip_shape[0])}
-            result = self.runner.run(blank, [meta])[0]
+            result = self.model.run(blank, [meta])[0]
             if result.feature is not None:
                 self.feature_dim = int(np.asarray(result.feature).size)
 
@@ -84,7 +84,7 @@ class ModelWorker:
                      for j, i in enumerate(idx)]
             t0 = time.perf_counter()
             try:
-                results = self.runner.run(np.ascontiguousarray(frames), metas)
+                results = self.model.run(np.ascontiguousarray(frames), metas)
                 failure = None
             except (RuntimeError, ValueError, OSError) as err:  # recorded per clip, never fatal
                 log.exception("model %s failed on a batch", self.key)

@@ -2,7 +2,7 @@
 
 Runs as a small actor pool inside the stream, so shard 0 is decoding while later shards are
 still being probed; nothing is probed up front. The probe runs in the actor's killable child
-process (``pipeline.decode_process``): a demuxer that hangs or crashes on a file costs that
+process (``pipeline.child_process``): a demuxer that hangs or crashes on a file costs that
 file a ``DecodeTimeout`` / ``WorkerCrash`` row, never the job.
 
 Input: task rows (``rows.TASK_SCHEMA``). Output: segment rows (``rows.segment_schema()``): one
@@ -74,7 +74,7 @@ class ProbeWorker:
 
     def __init__(self, *, sampling: dict[str, Any], storage_options: Mapping[str, Any],
                  timeout_s: float, isolated: bool):
-        from pipeline.decode_process import IsolatedDecoder
+        from pipeline.child_process import IsolatedDecoder
 
         self.args = (sampling, dict(storage_options))
         self.timeout_s = timeout_s

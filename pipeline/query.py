@@ -35,6 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline import tables
+from pipeline.errors import UserError
 from pipeline.uris import filesystem, join, redact_uri
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _EXPLAIN_WORDS = {"explain", "analyze", "analyse"}
 _CELL_CHARS = 40
 
 
-class QueryError(Exception):
+class QueryError(UserError):
     """The SQL failed; the message is DuckDB's, fit to show the user as is."""
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.errors import UserError
 from pipeline.query import open_table, with_read_hint
 from pipeline.uris import filesystem, redact_uri
 
@@ -38,7 +39,7 @@ RESULT_SCHEMA = pa.schema(
 _BATCH_ROWS = 8192  # x D float64 values per scored batch: 32 MB at D=512
 
 
-class SimilarityError(ValueError):
+class SimilarityError(UserError, ValueError):
     """The nearest-clip search cannot run for the given query clip."""
 
 
@@ -52,9 +53,6 @@ class NoFeatureError(SimilarityError):
 
 class AmbiguousModelError(SimilarityError):
     """Several models have features for the query clip; pass ``model``."""
-
-
-
 
 
 def similar(

@@ -10,10 +10,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import UserError
+from pipeline.model_options import check_option_keys
+
 TaskKind = Literal["classify", "embed", "motion", "enhance", "inpaint"]
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """The job spec is invalid; raised before anything runs or is written."""
 
 
@@ -70,6 +73,12 @@ class ModelSpec(_Strict):
     actors: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float | None = Field(None, ge=0)
+
+    @field_validator("options")
+    @classmethod
+    def _known_option_keys(cls, options: dict[str, Any]) -> dict[str, Any]:
+        check_option_keys(options)  # values, per task: pipeline.models.check_model_spec
+        return options
 
     @property
     def output_key(self) -> str:

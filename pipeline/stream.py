@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from pipeline.decode_stage import DecodeWorker
 from pipeline.listing_source import ShardListingDatasource
-from pipeline.model_runners import infer_task
+from pipeline.models import infer_task
 from pipeline.model_stage import ModelWorker
 from pipeline.probe_stage import ProbeWorker
 from pipeline.resources import LISTING_CPUS, PROBE_CPUS, WRITER_CPUS, bound_memory, fit_resources

@@ -23,14 +23,31 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-UPLOAD_EXCLUDES = [".venv", ".vmb", ".git", "**/__pycache__", "*.mp4", "*.pth", "*.pkl", "mlruns",
-                   "mlflow.db", "bench/results", ".pytest_cache", ".ruff_cache", "*.egg-info"]
+from pipeline.errors import UserError
 
-_TOKEN_HINT = ("pass --token TOKEN or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH); "
-               "`ray get-auth-token` on the head prints the cluster's token")
+UPLOAD_EXCLUDES = [
+    ".venv",
+    ".vmb",
+    ".git",
+    "**/__pycache__",
+    "*.mp4",
+    "*.pth",
+    "*.pkl",
+    "mlruns",
+    "mlflow.db",
+    "bench/results",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+]
+
+_TOKEN_HINT = (
+    "pass --token TOKEN or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH); "
+    "`ray get-auth-token` on the head prints the cluster's token"
+)
 
 
-class SubmitError(RuntimeError):
+class SubmitError(UserError, RuntimeError):
     """The Ray Jobs API refused the request or could not be reached."""
 
 
@@ -52,7 +69,9 @@ def resolve_token(token: str | None = None) -> tuple[str | None, str]:
         try:
             found = path.read_text().strip()
         except OSError as err:
-            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read: {err.strerror}") from None
+            raise SubmitError(
+                f"RAY_AUTH_TOKEN_PATH={path} cannot be read: {err.strerror}"
+            ) from None
         if not found:
             raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} is empty")
         return found, f"RAY_AUTH_TOKEN_PATH={path}"
@@ -74,13 +93,19 @@ def _jobs_api(address: str | None, token: str | None) -> Iterator:
     token, source = resolve_token(token)
     where = address or "the default address (set --address or RAY_API_SERVER_ADDRESS)"
     try:
-        yield JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
+        yield JobSubmissionClient(
+            address, headers={"Authorization": f"Bearer {token}"} if token else None
+        )
     except AuthenticationError as err:
         if token is None:
-            raise SubmitError(f"the Ray Jobs API at {where} requires an auth token and none was "
-                              f"found: {_TOKEN_HINT}") from None
-        raise SubmitError(f"the Ray Jobs API at {where} refused the auth token from {source} "
-                          f"({_first_line(err)}): {_TOKEN_HINT}") from None
+            raise SubmitError(
+                f"the Ray Jobs API at {where} requires an auth token and none was "
+                f"found: {_TOKEN_HINT}"
+            ) from None
+        raise SubmitError(
+            f"the Ray Jobs API at {where} refused the auth token from {source} "
+            f"({_first_line(err)}): {_TOKEN_HINT}"
+        ) from None
     except (ConnectionError, requests.RequestException) as err:
         raise SubmitError(f"cannot reach the Ray Jobs API at {where}: {_first_line(err)}") from None
     except (RuntimeError, ValueError) as err:  # the SDK reports HTTP errors as RuntimeError
@@ -101,13 +126,20 @@ def check_cluster_paths(spec) -> None:
     for key in ("input", "output"):
         value = str(getattr(spec, key))
         if "://" not in value and not Path(value).is_absolute():
-            raise SubmitError(f"{key} = {value!r} is a relative path, which the job would resolve "
-                              f"in its temporary working dir on the cluster; use an absolute path "
-                              f"or a URI the cluster can reach (--set {key}=...)")
+            raise SubmitError(
+                f"{key} = {value!r} is a relative path, which the job would resolve "
+                f"in its temporary working dir on the cluster; use an absolute path "
+                f"or a URI the cluster can reach (--set {key}=...)"
+            )
 
 
-def submit(spec_path: str, address: str | None, overrides: list[str] | None = None,
-           working_dir: str | None = None, token: str | None = None) -> str:
+def submit(
+    spec_path: str,
+    address: str | None,
+    overrides: list[str] | None = None,
+    working_dir: str | None = None,
+    token: str | None = None,
+) -> str:
     """Submit ``vmb run spec_path`` to the cluster; returns the Ray job id.
 
     The entrypoint uses this interpreter's path (``sys.executable``), so the cluster's nodes need
@@ -118,12 +150,18 @@ def submit(spec_path: str, address: str | None, overrides: list[str] | None = No
     try:
         rel = spec.relative_to(working_dir)
     except ValueError:
-        raise SubmitError(f"{spec_path} must lie inside the uploaded working dir {working_dir}") from None
+        raise SubmitError(
+            f"{spec_path} must lie inside the uploaded working dir {working_dir}"
+        ) from None
     args = ["run", str(rel), "--no-progress"] + [x for o in (overrides or []) for x in ("--set", o)]
-    entrypoint = f"{shlex.quote(sys.executable)} -m pipeline.cli " + " ".join(shlex.quote(a) for a in args)
+    entrypoint = f"{shlex.quote(sys.executable)} -m pipeline.cli " + " ".join(
+        shlex.quote(a) for a in args
+    )
     with _jobs_api(address, token) as client:
-        return client.submit_job(entrypoint=entrypoint,
-                                 runtime_env={"working_dir": working_dir, "excludes": UPLOAD_EXCLUDES})
+        return client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": working_dir, "excludes": UPLOAD_EXCLUDES},
+        )
 
 
 def status(job_id: str, address: str | None, token: str | None = None) -> str:

@@ -1,10 +1,14 @@
-"""MLflow tracking: one run per job, plus model-registry helpers for weights.
+"""MLflow tracking: one run per job (``JobTracker``), and where the tracking store is.
+
+Weights in the MLflow model registry: ``pipeline.model_registry``; the run's plots:
+``pipeline.plots``.
 
 A job gets exactly one MLflow run. :class:`JobTracker` creates it with the job spec as
 (flattened, redacted) params and runtime facts as tags, logs metrics while the job runs, attaches
 the job's artifacts at the end and closes the run with a final status::
 
-    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment, run_name, fail_fast)
+    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment, run_name,
+                         fail_fast=spec.mlflow.fail_fast)
     run_id = tracker.start(spec_dict, tags=runtime_tags())
     tracker.log_metrics({"clips_done": 128.0}, step=3)
     tracker.log_artifacts(spec_text, summary, failed_videos, throughput, label_counts)
@@ -48,7 +52,6 @@ import io
 import json
 import logging
 import os
-import posixpath
 import re
 import socket
 import tempfile
@@ -59,16 +62,16 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
+from pipeline.errors import UserError
+from pipeline.plots import plot_label_histogram, plot_throughput
 from pipeline.uris import REDACTED, redact, redact_uri
 
 logger = logging.getLogger(__name__)
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
-WEIGHTS_SUFFIXES = (".pth", ".pt", ".pkl", ".safetensors")
 
 # MLflow's server-side limits (mlflow.utils.validation); exceeding them fails the whole batch.
 MAX_PARAM_VALUE_CHARS = 6000
@@ -86,15 +89,10 @@ _HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
 _PROBE_TIMEOUT_S = 3.0
-_REGISTRY_SCHEMES = ("models:/", "runs:/")
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The tracking store cannot be reached or used, and the job asked to fail fast."""
-
-
-class ModelResolutionError(ValueError):
-    """A ``models:/`` or ``runs:/`` URI does not resolve to exactly one weights file."""
 
 
 def default_tracking_uri() -> str:
@@ -220,8 +218,8 @@ class JobTracker:
         tracking_uri: str | None,
         experiment: str,
         run_name: str,
-        fail_fast: bool = False,
         *,
+        fail_fast: bool = False,
         probe_timeout_s: float = _PROBE_TIMEOUT_S,
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -279,7 +277,7 @@ class JobTracker:
             except Exception as exc:  # noqa: BLE001 - any store error means "unavailable"
                 reason = (
                     f"tracking store {redact_uri(self.tracking_uri)} unavailable: "
-                    f"{type(exc).__name__}: {_first_line(exc)}"
+                    f"{type(exc).__name__}: {first_line(exc)}"
                 )
                 if self.fail_fast:
                     raise TrackingUnavailableError(reason) from exc
@@ -355,8 +353,8 @@ class JobTracker:
                     json.dumps(redact(dict(summary)), indent=2, sort_keys=True, default=str) + "\n"
                 )
                 (out / "failed_videos.csv").write_text(_failed_videos_csv(failed_videos))
-                _plot_throughput(throughput, out / "throughput.png")
-                _plot_label_histogram(label_counts, out / "label_histogram.png")
+                plot_throughput(throughput, out / "throughput.png")
+                plot_label_histogram(label_counts, out / "label_histogram.png")
                 self._client.log_artifacts(self.run_id, tmp)
 
         self._guarded("log_artifacts", call)
@@ -387,22 +385,6 @@ class JobTracker:
             except Exception as exc:  # noqa: BLE001 - tracking must never kill the job
                 self._record_failure("end", exc)
 
-    def __enter__(self) -> JobTracker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.end("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.end("KILLED")
-        else:
-            self.end("FAILED")
-
     # -- internals -------------------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -420,7 +402,7 @@ class JobTracker:
     def _create_run(self, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
         from mlflow.entities import Param
 
-        experiment_id = _get_or_create_experiment(self._client, self.experiment, self.tracking_uri)
+        experiment_id = get_or_create_experiment(self._client, self.experiment, self.tracking_uri)
         run_tags = {
             str(k): _truncate(str(v), MAX_TAG_VALUE_CHARS) for k, v in redact(dict(tags)).items()
         }
@@ -443,158 +425,10 @@ class JobTracker:
                 self._record_failure(what, exc)
 
     def _record_failure(self, what: str, exc: BaseException) -> None:
-        self.failed = f"{what} failed: {type(exc).__name__}: {_first_line(exc)}"
+        self.failed = f"{what} failed: {type(exc).__name__}: {first_line(exc)}"
         logger.warning(
             "MLflow %s; tracking disabled for the rest of the job", self.failed, exc_info=True
         )
-
-
-# -- model registry ------------------------------------------------------------------------
-
-
-def resolve_model_uri(
-    uri: str, tracking_uri: str | None = None, dst_path: str | None = None
-) -> str:
-    """Local path of the weights file behind a ``models:/`` or ``runs:/`` URI.
-
-    Accepts ``models:/name/version``, ``models:/name@alias`` and ``runs:/run_id/path``. The
-    artifact is downloaded with :func:`mlflow.artifacts.download_artifacts`; it must be, or
-    contain, exactly one weights file (``.pth``, ``.pt``, ``.pkl``, ``.safetensors``). Any other
-    URI (a local path, ``s3://...``) is returned unchanged.
-
-    Args:
-        uri: Weights URI from a job spec.
-        tracking_uri: Tracking/registry store; ``None`` as in :class:`JobTracker`.
-        dst_path: Download directory; default is a fresh temporary directory.
-
-    Returns:
-        Path of the weights file on the local filesystem.
-
-    Raises:
-        ModelResolutionError: The URI resolves to zero or several weights files, or MLflow
-            cannot resolve it (unknown model, version, alias or run).
-    """
-    if not uri.startswith(_REGISTRY_SCHEMES):
-        return uri
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-
-    store = resolve_tracking_uri(tracking_uri)
-    if store.startswith(("http://", "https://")):
-        bound_http_retries()
-    try:
-        artifact_uri = _registry_download_uri(uri, store) if uri.startswith("models:/") else uri
-        local = Path(
-            download_artifacts(
-                artifact_uri=artifact_uri, dst_path=dst_path, tracking_uri=store, registry_uri=store
-            )
-        )
-    except (MlflowException, OSError) as exc:
-        raise ModelResolutionError(
-            f"cannot resolve {uri} at {redact_uri(store)}: " f"{_first_line(exc)}"
-        ) from exc
-    candidates = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-    weights = [p for p in candidates if p.suffix in WEIGHTS_SUFFIXES]
-    if len(weights) != 1:
-        found = (
-            ", ".join(str(p.relative_to(local) if p != local else p.name) for p in candidates)
-            or "nothing"
-        )
-        raise ModelResolutionError(
-            f"{uri} must hold exactly one weights file ({'/'.join(WEIGHTS_SUFFIXES)}), "
-            f"found {len(weights)} among: {found}"
-        )
-    logger.info("resolved %s to %s", uri, weights[0])
-    return str(weights[0])
-
-
-def register_weights(
-    path: str | os.PathLike[str],
-    name: str,
-    tracking_uri: str | None = None,
-    *,
-    experiment: str = "vmb-weights",
-    aliases: Sequence[str] = (),
-) -> str:
-    """Publish a weights file as a new version of a registered model.
-
-    Logs the file under ``weights/`` of a new run in ``experiment`` and registers that folder as a
-    version of ``name`` (created if absent), so that ``models:/name/<version>`` (or
-    ``models:/name@alias``) works as ``weights`` in a job spec.
-
-    Args:
-        path: Local weights file (``.pth``, ``.pt``, ``.pkl`` or ``.safetensors``).
-        name: Registered model name.
-        tracking_uri: Tracking/registry store; ``None`` as in :class:`JobTracker`.
-        experiment: Experiment holding the publishing run.
-        aliases: Aliases to point at the new version (e.g. ``["prod"]``).
-
-    Returns:
-        The new version number, as MLflow reports it (a string such as ``"1"``).
-
-    Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: ``path`` is not a weights file.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-
-    weights = Path(path)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights file not found: {weights}")
-    if weights.suffix not in WEIGHTS_SUFFIXES:
-        raise ValueError(f"{weights} is not a weights file ({', '.join(WEIGHTS_SUFFIXES)})")
-    store = resolve_tracking_uri(tracking_uri)
-    if store.startswith(("http://", "https://")):
-        bound_http_retries()
-    elif store.startswith("sqlite:///"):
-        Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
-    experiment_id = _get_or_create_experiment(client, experiment, store)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"register-{name}",
-        tags={"vmb.weights.name": name, "vmb.weights.file": weights.name},
-    )
-    try:
-        client.log_artifact(run.info.run_id, str(weights), artifact_path="weights")
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-    version = client.create_model_version(
-        name, source=posixpath.join(run.info.artifact_uri, "weights"), run_id=run.info.run_id
-    )
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version.version)
-    logger.info("registered %s as %s version %s", weights.name, name, version.version)
-    return str(version.version)
-
-
-def _registry_download_uri(models_uri: str, store: str) -> str:
-    """Where the artifacts of ``models:/name/version[/sub/path]`` (or ``@alias``) live.
-
-    MLflow's own ``models:/`` repository looks the name up in the *global* registry URI and
-    ignores the one passed to ``download_artifacts``, so resolve it with an explicit client.
-    """
-    from mlflow import MlflowClient
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
-    base, sub_path = ModelsArtifactRepository.split_models_uri(models_uri)
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
-    name_and_version = get_model_name_and_version(client, base)
-    if len(name_and_version) == 1:  # models:/<logged model id>
-        root = client.get_logged_model(name_and_version[0]).artifact_location
-    else:
-        root = client.get_model_version_download_uri(*name_and_version)
-    return posixpath.join(root, sub_path) if sub_path else root
 
 
 def bound_http_retries() -> None:
@@ -621,7 +455,7 @@ def _probe_http(uri: str, timeout_s: float) -> None:
         raise ConnectionError(f"no MLflow server at {redact_uri(url)}: {reason}") from exc
 
 
-def _get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
+def get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -671,54 +505,6 @@ def _failed_videos_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _new_figure() -> Any:
-    # Figure + Agg canvas, not pyplot: no global state or display backend; thread-safe.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _plot_throughput(samples: Sequence[tuple[float, int]], path: Path) -> None:
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    points = sorted((float(t), int(n)) for t, n in samples)
-    if points:
-        seconds, clips = zip(*points)
-        ax.plot(seconds, clips, marker="." if len(points) < 50 else None)
-        if seconds[-1] > seconds[0]:
-            rate = (clips[-1] - clips[0]) / (seconds[-1] - seconds[0])
-            ax.set_title(f"Throughput: {rate:.2f} clips/s")
-    else:
-        ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("elapsed (s)")
-    ax.set_ylabel("clips done")
-    ax.grid(True, alpha=0.3)
-    fig.savefig(path)
-
-
-def _plot_label_histogram(label_counts: Mapping[str, int], path: Path, top: int = 30) -> None:
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    items = sorted(label_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    if items:
-        labels, counts = zip(*reversed(items))  # most frequent on top
-        ax.barh(range(len(labels)), counts)
-        ax.set_yticks(range(len(labels)), [str(label)[:40] for label in labels], fontsize=7)
-        title = (
-            "Top-1 labels"
-            if len(label_counts) <= top
-            else f"Top {top} of {len(label_counts)} labels"
-        )
-        ax.set_title(title)
-    else:
-        ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("clips")
-    fig.savefig(path)
-
-
 def _param_text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -739,6 +525,6 @@ def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = redact_uri(str(exc)).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__

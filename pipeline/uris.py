@@ -7,13 +7,13 @@ import logging
 import random
 import re
 import time
-from typing import Any, Callable, Mapping, TypeVar
-
 import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 _SECRET_KEYS = re.compile(r"(secret|password|passwd|token|key|credential|session)", re.IGNORECASE)
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
@@ -36,7 +36,9 @@ class CredentialsInURIError(PermissionError):
     """An object-store URI carries ``user:secret@``, which its filesystem cannot use."""
 
 
-def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and in-filesystem path for ``uri``.
 
     Raises:
@@ -48,7 +50,8 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tu
     if match and ":" in match["userinfo"] and protocol in _NO_USERINFO_PROTOCOLS:
         raise CredentialsInURIError(
             f"{redact_uri(uri)}: credentials in an {match['scheme']} URI are not supported; "
-            "give them in storage_options (key, secret, token) or the environment")
+            "give them in storage_options (key, secret, token) or the environment"
+        )
     return url_to_fs(uri, **dict(storage_options or {}))
 
 
@@ -72,16 +75,23 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_uri(value)
     if isinstance(value, Mapping):
-        return {k: (REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v))
-                for k, v in value.items()}
+        return {
+            k: (REDACTED if _SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v))
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     return value
 
 
 # Definite answers: retrying cannot change them.
-_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        FileExistsError)
+_PERMANENT_OS_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
 
 
 @functools.cache
@@ -102,8 +112,11 @@ def network_errors() -> tuple[type[BaseException], ...]:
     try:
         import aiohttp
 
-        found += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
-                  aiohttp.ClientResponseError]
+        found += [
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientResponseError,
+        ]
     except ImportError:
         pass
     return tuple(found)
@@ -131,14 +144,24 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay_s
             if attempt == attempts or not is_transient(err):
                 raise
             delay = base_delay_s * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", redact_uri(what),
-                        type(err).__name__, redact_uri(str(err)), attempt, attempts - 1, delay)
+            log.warning(
+                "%s failed (%s: %s); retry %d/%d in %.1f s",
+                redact_uri(what),
+                type(err).__name__,
+                redact_uri(str(err)),
+                attempt,
+                attempts - 1,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-_SIGNING_PARAM = re.compile(r"^(x-amz-|x-goog-|signature$|sig$|se$|sp$|sv$|st$|token$|expires$|"
-                            r"key-pair-id$|policy$)", re.IGNORECASE)
+_SIGNING_PARAM = re.compile(
+    r"^(x-amz-|x-goog-|signature$|sig$|se$|sp$|sv$|st$|token$|expires$|"
+    r"key-pair-id$|policy$)",
+    re.IGNORECASE,
+)
 
 
 def canonical_uri(uri: str) -> str:
@@ -150,8 +173,13 @@ def canonical_uri(uri: str) -> str:
     if not parts.scheme or "://" not in uri:
         return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if not _SIGNING_PARAM.match(k)])
+    query = urlencode(
+        [
+            (k, v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if not _SIGNING_PARAM.match(k)
+        ]
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

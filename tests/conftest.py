@@ -16,7 +16,7 @@ from tests.videos import make_video
 # before any fixture runs -- so it is set here, at conftest import, as well as in the fixture.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Fault injection for the reliability tests: decoding a video whose URI contains this marker
-# hangs in native code holding the GIL (see pipeline/decode_process.py). Set before Ray starts
+# hangs in native code holding the GIL (see pipeline/child_process.py). Set before Ray starts
 # so every worker inherits it.
 os.environ.setdefault("VMB_FAULT_HANG_MARKER", "__vmb_hang__")
 

@@ -10,7 +10,7 @@ was encoded. Patterns:
   robustly to lossy codecs and to resizing at decode, so a test can tell WHICH frames a sampler
   or decoder returned.
 - ``"static"``: the same gradient on every frame (zero motion).
-- ``"photo"``: scikit-image's cat photo with a slow pan and zoom (``pipeline.sample.ken_burns``),
+- ``"photo"``: scikit-image's cat photo with a slow pan and zoom (``pipeline.demo_archive.ken_burns``),
   for classifiers.
 
 Codecs and containers (chosen by the path's suffix):
@@ -81,7 +81,7 @@ def synth_frames(
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     width, height = size
     if pattern == "photo":
-        from pipeline.sample import SAMPLES, ken_burns, load_photo
+        from pipeline.demo_archive import SAMPLES, ken_burns, load_photo
 
         cat = SAMPLES[0]
         return ken_burns(load_photo(cat), num_frames, size, center=cat.center, zoom=cat.zoom,

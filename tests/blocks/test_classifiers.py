@@ -147,8 +147,10 @@ def test_convpool_lstm_defaults_follow_the_paper():
 def small_clips() -> torch.Tensor:
     """(2, 3, 3, 32, 32) encoder-normalised clips of smooth moving patterns."""
     ys, xs = np.mgrid[0:32, 0:32]
-    clip = [np.stack([127 + 100 * np.sin(0.3 * (xs - 2 * t) + 0.2 * ys + c) for c in range(3)], -1)
-            for t in range(3)]
+    clip = [
+        np.stack([127 + 100 * np.sin(0.3 * (xs - 2 * t) + 0.2 * ys + c) for c in range(3)], -1)
+        for t in range(3)
+    ]
     u8 = np.stack([clip, clip[::-1]]).round().astype(np.uint8)  # (2, 3, 32, 32, 3)
     spec = Preprocess(size=32, crop_fraction=1.0)
     return preprocess(u8.reshape(-1, 32, 32, 3), spec).view(2, 3, 3, 32, 32)
@@ -158,8 +160,9 @@ def small_clips() -> torch.Tensor:
 def test_two_stream_fusion_weights(small_clips, fusion):
     model = _tiny("two-stream", fusion_weights=fusion)
     with torch.no_grad():
-        rgb = model.encoder.head(model.encoder.forward_features(small_clips.flatten(0, 1))
-                                 .view(2, 3, -1).mean(1)).softmax(-1)  # (2, 5)
+        rgb = model.encoder.head(
+            model.encoder.forward_features(small_clips.flatten(0, 1)).view(2, 3, -1).mean(1)
+        ).softmax(-1)  # (2, 5)
         flow = model.flow_encoder(model.stacked_flow(small_clips)).softmax(-1)  # (2, 5)
         fused = model(small_clips).exp()
     w_rgb, w_flow = fusion
@@ -185,7 +188,7 @@ def test_two_stream_feeds_ifnet_unit_range_pairs_and_stacks_displacements(small_
     unit = to_unit_range(small_clips)  # (2, 3, 3, 32, 32) in [0, 1]
     torch.testing.assert_close(img0, unit[:, :2].flatten(0, 1))  # pairs (0, 1), (1, 2) per clip
     torch.testing.assert_close(img1, unit[:, 1:].flatten(0, 1))
-    assert 0.0 <= img0.min() and img0.max() <= 1.0
+    assert img0.min() >= 0.0 and img0.max() <= 1.0
     # flow[:, 2:4] - flow[:, 0:2] = 2 for every pair; divided by flow_scale 4.
     assert stacked.shape == (2, 4, 32, 32)
     torch.testing.assert_close(stacked, torch.full_like(stacked, 0.5))
@@ -253,13 +256,16 @@ def test_inflated_model_accepts_channels_last_requests():
 # --- configs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RecurrentConfig(aggregate="max"),
-    lambda: RecurrentConfig(encoder="resnet50"),
-    lambda: TwoStreamConfig(fusion_weights=(0.0, 0.0)),
-    lambda: TwoStreamConfig(flow_model="raft"),
-    lambda: InflatedConfig(time_kernel=2),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RecurrentConfig(aggregate="max"),
+        lambda: RecurrentConfig(encoder="resnet50"),
+        lambda: TwoStreamConfig(fusion_weights=(0.0, 0.0)),
+        lambda: TwoStreamConfig(flow_model="raft"),
+        lambda: InflatedConfig(time_kernel=2),
+    ],
+)
 def test_bad_configs_are_rejected(make):
     with pytest.raises(ValueError):
         make()

@@ -196,11 +196,11 @@ def test_matches_official_crn_golden(case):
     golden = json.loads(GOLDEN.read_text())
     model = CRN(
         CRNConfig(
-            case["module_dim"],
-            case["num_objects"],
-            case["max_subset_size"],
-            case["gating"],
-            golden["spl_resolution"],
+            module_dim=case["module_dim"],
+            num_objects=case["num_objects"],
+            max_subset_size=case["max_subset_size"],
+            gating=case["gating"],
+            spl_resolution=golden["spl_resolution"],
         )
     ).eval()
     assert sorted(model.state_dict()) == case["state_keys"]  # official checkpoints load strictly

@@ -111,7 +111,7 @@ def test_matches_official_generator_at_240x432(default_model):
     )
     assert ours["abs_sum"] == pytest.approx(golden["abs_sum"], rel=1e-5)
     # the reference is not degenerate: outputs vary and tanh is not saturated everywhere
-    assert 0.1 < torch.tensor(golden["subsample"]).std() and out.abs().max() < 0.95
+    assert torch.tensor(golden["subsample"]).std() > 0.1 and out.abs().max() < 0.95
 
 
 def test_runs_at_non_native_size(default_model):

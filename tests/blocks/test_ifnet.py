@@ -233,7 +233,7 @@ def test_v4_estimate_flow_is_the_flow_interpolate_blends_with():
     blended = warped0 * mask + warped1 * (1 - mask)
     torch.testing.assert_close(frame, blended, rtol=0, atol=1e-6)
     assert flow.shape == (1, 4, 128, 128) and mask.shape == (1, 1, 128, 128)
-    assert 0 <= mask.min() and mask.max() <= 1
+    assert mask.min() >= 0 and mask.max() <= 1
 
 
 def test_eccv_estimate_flow_and_frame_equal_the_training_pass():

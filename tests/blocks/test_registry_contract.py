@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 import blocks
-from blocks.registry import block_info
+from blocks.registry import TASKS, block_info
 
 NAMES = blocks.list_blocks()
 
@@ -85,5 +87,100 @@ def test_unknown_name_lists_known_names():
 
 def test_duplicate_registration_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
-        blocks.register_block(NAMES[0], paper="x", arxiv=None, repo=None, input_layout="x",
-                              value_range="x", example_inputs=lambda b: ())(lambda: None)
+        blocks.register_block(
+            NAMES[0],
+            paper="x",
+            arxiv=None,
+            repo=None,
+            input_layout="x",
+            value_range="x",
+            example_inputs=lambda b: (),
+        )(lambda: None)
+
+
+# -- what the pipeline reads: metadata checked against the built model -------------------------
+
+PIPELINE_NAMES = [n for n in NAMES if block_info(n).tasks]
+FEATURE_NAMES = [n for n in NAMES if {"classify", "embed"} & set(block_info(n).tasks)]
+
+
+def _default_model(name):
+    """The block at its default configuration, without downloading or loading weights."""
+    info = block_info(name)
+    config = (
+        {"pretrained": False} if "pretrained" in inspect.signature(info.builder).parameters else {}
+    )
+    if info.frame_encoder_dim_key:
+        config[info.frame_encoder_dim_key] = block_info(info.frame_encoder).feature_dim
+    torch.manual_seed(0)
+    return blocks.create_block(name, **config).eval()
+
+
+def test_every_task_has_a_block():
+    served = {task for n in NAMES for task in block_info(n).tasks}
+    assert served == set(TASKS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pipeline_metadata_is_consistent(name):
+    info = block_info(name)
+    assert set(info.tasks) <= set(TASKS)
+    assert info.default_task == (info.tasks[0] if info.tasks else None)
+    assert (info.input_kind == "tensors") == (not info.tasks), name
+    if info.input_kind == "frame-features":
+        encoder = block_info(info.frame_encoder)
+        assert encoder.input_kind == "image" and encoder.feature_dim and encoder.preprocessing
+
+
+@pytest.mark.parametrize("name", FEATURE_NAMES)
+def test_feature_dim_preprocessing_and_class_names_match_the_model(name):
+    info = block_info(name)
+    model = _default_model(name)
+    assert hasattr(model, "forward_features") and hasattr(model, "head"), name
+    prep = info.preprocessing or block_info(info.frame_encoder).preprocessing
+    assert len(prep.mean) == 3 and len(prep.std) == 3 and prep.size > 0
+    if info.input_kind == "frame-features":
+        cfg = model.config
+        x = torch.randn(
+            1, cfg.num_clips, cfg.frames_per_clip, getattr(cfg, info.frame_encoder_dim_key)
+        )
+    elif info.input_kind == "image":
+        x = torch.randn(1, 3, 32, 32)
+    else:  # clip
+        x = torch.randn(1, 8, 3, 32, 32)  # enough frames for every stack of flows
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model.head(feats)
+    assert feats.shape == (1, info.feature_dim), f"{name}: features {tuple(feats.shape)}"
+    if info.class_names is not None:
+        assert len(info.class_names()) == logits.shape[-1] and all(info.class_names())
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in PIPELINE_NAMES if block_info(n).input_kind == "frame-pair"]
+)
+def test_frame_pair_models_estimate_flow_and_interpolate(name):
+    model = blocks.create_block(name, **dict(block_info(name).tiny_config)).eval()
+    img0, img1 = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        flow, mask = model.estimate_flow(img0, img1)
+        mid = model.interpolate(img0, img1, timestep=0.5)
+    assert flow.shape == (1, 4, 32, 32) and mid.shape == (1, 3, 32, 32)
+
+
+def test_unknown_tasks_and_incomplete_frame_feature_heads_are_refused():
+    meta = {
+        "paper": "x",
+        "arxiv": None,
+        "repo": None,
+        "input_layout": "x",
+        "value_range": "x",
+        "example_inputs": lambda b: (),
+    }
+    with pytest.raises(ValueError, match="unknown tasks"):
+        blocks.register_block("test-bad-task", tasks=("segment",), **meta)(lambda: None)
+    with pytest.raises(ValueError, match="frame_encoder"):
+        blocks.register_block(
+            "test-bad-head", tasks=("classify",), input_kind="frame-features", **meta
+        )(lambda: None)
+    assert "test-bad-task" not in blocks.list_blocks()

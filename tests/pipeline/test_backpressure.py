@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pipeline import errors
-from pipeline.decode_process import IsolatedDecoder
+from pipeline.child_process import IsolatedDecoder
 from pipeline.probe import probe_video
 from pipeline.job import run_job
 from pipeline.resources import BATCHES_AHEAD, block_clips, clip_bytes, stream_memory_limit

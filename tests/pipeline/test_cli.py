@@ -10,10 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,30 +23,15 @@ from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.spec import load_spec
 from tests.conftest import TINY_ARCHIVE
+from tests.pipeline.cli_util import REPO, env_without_ray, set_args, vmb_subprocess
 from tests.pipeline.jobs_util import TINY_SAMPLING, read_table
 
-REPO = Path(__file__).resolve().parents[2]
-VMB = str(Path(sys.executable).with_name("vmb"))
 SPEC = "jobs/classify.toml"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
-    return env | extra
-
-
-def _vmb_subprocess(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([VMB, *args], cwd=REPO, env=_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _overrides(archive: str, out: str) -> list[str]:
     values = [f"input={archive}", f"output={out}", "mlflow.enabled=false"]
     return values + [f"sampling.{k}={v}" for k, v in TINY_SAMPLING.items()]
-
-
-def _set_args(overrides: list[str]) -> list[str]:
-    return [x for o in overrides for x in ("--set", o)]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +42,9 @@ def job(tiny_archive, tmp_path_factory):
     overrides = _overrides(tiny_archive, out)
     ray_tmp = tempfile.mkdtemp(prefix="vmb-cli-")  # short: Ray's unix sockets live below it
     try:
-        proc = _vmb_subprocess("run", SPEC, *_set_args(overrides), timeout=300, RAY_TMPDIR=ray_tmp)
+        proc = vmb_subprocess(
+            "run", SPEC, *set_args(overrides), timeout=300, env=env_without_ray(RAY_TMPDIR=ray_tmp)
+        )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     return proc, out, overrides
@@ -96,13 +80,23 @@ def test_run_prints_the_summary(job, tiny_archive):
 
 
 def test_bad_spec_is_one_line_and_exit_2(vmb, tmp_path):
-    proc = _vmb_subprocess("run", SPEC, "--set", "bogus=1", "--set", f"input={tmp_path}",
-                           "--set", f"output={tmp_path / 'out'}")
+    proc = vmb_subprocess(
+        "run",
+        SPEC,
+        "--set",
+        "bogus=1",
+        "--set",
+        f"input={tmp_path}",
+        "--set",
+        f"output={tmp_path / 'out'}",
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert "bogus" in _one_error_line(proc.stderr, "run")
 
-    for args, words in ((["--set", "sampling.clip_len=eight"], "clip_len"),
-                        (["--set", "no-equals-sign"], "key=value")):
+    for args, words in (
+        (["--set", "sampling.clip_len=eight"], "clip_len"),
+        (["--set", "no-equals-sign"], "key=value"),
+    ):
         code, out, err = vmb("run", SPEC, *args)
         assert code == 2 and out == "" and words in _one_error_line(err, "run")
     code, _, err = vmb("run", str(tmp_path / "missing.toml"))
@@ -116,27 +110,44 @@ def test_query_formats(job, vmb, tmp_path):
 
     code, text, _ = vmb("query", "select count(*) as n from clips", "--output", out)
     assert code == 0
-    assert text.splitlines()[0].strip() == "n" and text.splitlines()[2].strip() == str(clips.num_rows)
+    assert text.splitlines()[0].strip() == "n" and text.splitlines()[2].strip() == str(
+        clips.num_rows
+    )
     assert text.rstrip().endswith("(1 row)")
 
-    code, text, _ = vmb("query", "select video_id, clip_index, labels from clips "
-                        "order by video_id, clip_index", "--output", out, "--format", "csv")
+    code, text, _ = vmb(
+        "query",
+        "select video_id, clip_index, labels from clips order by video_id, clip_index",
+        "--output",
+        out,
+        "--format",
+        "csv",
+    )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert code == 0 and len(rows) == clips.num_rows
-    expected = sorted(zip(clips.column("video_id").to_pylist(), clips.column("clip_index").to_pylist()))
+    expected = sorted(
+        zip(clips.column("video_id").to_pylist(), clips.column("clip_index").to_pylist())
+    )
     assert [(r["video_id"], int(r["clip_index"])) for r in rows] == expected
     assert all(len(json.loads(r["labels"])) == 5 for r in rows)  # nested values as JSON
 
-    code, text, _ = vmb("query", "select video_uri, status, num_clips from videos order by video_uri",
-                        "--output", out, "--format", "json")
+    code, text, _ = vmb(
+        "query",
+        "select video_uri, status, num_clips from videos order by video_uri",
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     videos = json.loads(text)
     assert code == 0 and [Path(v["video_uri"]).name for v in videos] == sorted(TINY_ARCHIVE)
     assert {v["status"] for v in videos} == {"ok"}
     assert sum(v["num_clips"] for v in videos) == clips.num_rows
 
     dest = tmp_path / "result.parquet"
-    code, text, _ = vmb("query", "select * from clips", "--output", out, "--format", "parquet",
-                        "--dest", str(dest))
+    code, text, _ = vmb(
+        "query", "select * from clips", "--output", out, "--format", "parquet", "--dest", str(dest)
+    )
     table = pq.read_table(dest)
     assert code == 0 and text.strip() == f"{clips.num_rows} rows written to {dest}"
     assert table.num_rows == clips.num_rows and "feature" in table.column_names
@@ -146,7 +157,7 @@ def test_query_formats(job, vmb, tmp_path):
 
 def test_sql_error_shows_duckdb_message(job):
     _, out, _ = job
-    proc = _vmb_subprocess("query", "select no_such_column from clips", "--output", out)
+    proc = vmb_subprocess("query", "select no_such_column from clips", "--output", out)
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     first = proc.stderr.splitlines()[0]
     assert first.startswith("vmb query: error: Binder Error") and "no_such_column" in first
@@ -157,17 +168,21 @@ def test_sql_writes_and_file_access_are_refused(job, vmb, tmp_path):
     leak = tmp_path / "leak.csv"
     secret = tmp_path / "secret.csv"
     secret.write_text("a,b\n1,2\n")
-    for sql, why in ((f"copy clips to '{leak}'", "read-only"),
-                     ("create table t as select * from clips", "read-only"),
-                     ("insert into clips select * from clips", "read-only"),
-                     ("select 1; drop view clips", "read-only"),
-                     (f"select * from read_csv('{secret}')", "Permission Error"),
-                     (f"select * from read_parquet('{out}/clips/*/*.parquet')", "Permission Error")):
+    for sql, why in (
+        (f"copy clips to '{leak}'", "read-only"),
+        ("create table t as select * from clips", "read-only"),
+        ("insert into clips select * from clips", "read-only"),
+        ("select 1; drop view clips", "read-only"),
+        (f"select * from read_csv('{secret}')", "Permission Error"),
+        (f"select * from read_parquet('{out}/clips/*/*.parquet')", "Permission Error"),
+    ):
         code, text, err = vmb("query", sql, "--output", out)
         assert code == 2 and text == "", sql
         assert why in _one_error_line(err, "query"), sql
     assert not leak.exists()
-    code, text, _ = vmb("query", "select count(*) as n from clips", "--output", out, "--format", "json")
+    code, text, _ = vmb(
+        "query", "select count(*) as n from clips", "--output", out, "--format", "json"
+    )
     assert code == 0 and json.loads(text)[0]["n"] > 0  # the views are intact
 
 
@@ -176,8 +191,19 @@ def test_similar(job, vmb):
     clips = read_table(out, "clips").to_pylist()
     query_clip = clips[0]
     vid, index = query_clip["video_id"], query_clip["clip_index"]
-    code, text, _ = vmb("similar", "--output", out, "--video", vid, "--clip", str(index),
-                        "-k", "3", "--format", "json")
+    code, text, _ = vmb(
+        "similar",
+        "--output",
+        out,
+        "--video",
+        vid,
+        "--clip",
+        str(index),
+        "-k",
+        "3",
+        "--format",
+        "json",
+    )
     rows = json.loads(text)
     assert code == 0 and [r["rank"] for r in rows] == [1, 2, 3]
     assert all((r["video_id"], r["clip_index"]) != (vid, index) for r in rows)
@@ -206,13 +232,16 @@ def test_blocks_lists_every_block_with_its_parameter_count(vmb):
 def test_demo_names_what_is_in_the_sample_videos(ray_session, tmp_path, monkeypatch, capsys):
     """The quick-start command: sample archive from real photos → classify job → a query."""
     from pipeline.cli import main
-    from pipeline.sample import subject_matches
+    from pipeline.demo_archive import subject_matches
 
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1]
-            and line.split()[0].endswith(".mp4")}
+    rows = {
+        line.split()[0]: line
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0].endswith(".mp4")
+    }
     assert {"cat.mp4", "coffee.mp4", "rocket.mp4"} <= set(rows)
     for video in ("cat.mp4", "coffee.mp4"):
         label = rows[video].split(None, 2)[2].rsplit(None, 1)[0]

@@ -11,9 +11,13 @@ import torch
 from skimage import data
 
 from pipeline.inference_runtime import (
-    ConversionMismatch, OpenVINOGraph, RuntimeUnavailable, cache_dir, compile_for_cpu,
+    ConversionMismatch,
+    OpenVINOGraph,
+    RuntimeUnavailable,
+    cache_dir,
+    compile_for_cpu,
 )
-from pipeline.model_runners import ClassifyRunner, ModelConfigError, build_runner, check_model_spec
+from pipeline.models import ClassifyModel, ModelConfigError, build_model, check_model_spec
 from pipeline.spec import ModelSpec
 
 
@@ -24,15 +28,16 @@ def _photo_clips(n: int, t: int = 4, size: int = 224) -> np.ndarray:
     for i in range(n):
         img = torch.from_numpy(photos[i % len(photos)]).permute(2, 0, 1)[None].float()
         img = torch.nn.functional.interpolate(img, size=(size + t, size + t), mode="bilinear")
-        frames = [img[0, :, k:k + size, k:k + size].permute(1, 2, 0) for k in range(t)]
+        frames = [img[0, :, k : k + size, k : k + size].permute(1, 2, 0) for k in range(t)]
         clips.append(torch.stack(frames).round().clamp(0, 255).byte().numpy())
     return np.stack(clips)
 
 
-def _runner(runtime: str, tmp_path, **options) -> ClassifyRunner:
-    spec = ModelSpec(name="frame-average", task="classify", batch_size=4,
-                     options={"runtime": runtime, **options})
-    return build_runner(spec, output=str(tmp_path), clip_shape=(4, 224, 224))
+def _runner(runtime: str, tmp_path, **options) -> ClassifyModel:
+    spec = ModelSpec(
+        name="frame-average", task="classify", batch_size=4, options={"runtime": runtime, **options}
+    )
+    return build_model(spec, output=str(tmp_path), clip_shape=(4, 224, 224))
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +104,16 @@ def test_a_graph_that_does_not_compute_the_module_is_refused(caplog):
     with pytest.raises(ConversionMismatch, match="differs from the eager model"):
         OpenVINOGraph(_BranchOnContent(), example, precision="fp32", threads=1)
     with pytest.raises(RuntimeUnavailable, match="could not convert"):
-        compile_for_cpu(_BranchOnContent(), example, runtime="openvino", precision="fp32", threads=1)
+        compile_for_cpu(
+            _BranchOnContent(), example, runtime="openvino", precision="fp32", threads=1
+        )
     with caplog.at_level(logging.WARNING, logger="pipeline.inference_runtime"):
-        assert compile_for_cpu(_BranchOnContent(), example, runtime="auto", precision="fp32",
-                               threads=1) is None
+        assert (
+            compile_for_cpu(
+                _BranchOnContent(), example, runtime="auto", precision="fp32", threads=1
+            )
+            is None
+        )
     assert "running it in PyTorch" in caplog.text
     assert set(cache_dir().glob("*.xml")) == cached_before  # a refused graph is never cached
 
@@ -113,16 +124,28 @@ def test_auto_stays_in_pytorch_where_openvino_cannot_follow(tmp_path):
     assert _runner("torch", tmp_path).runtime == "torch"
 
 
-@pytest.mark.parametrize("model, message", [
-    (ModelSpec(name="frame-average", options={"runtime": "onnx"}), "options.runtime must be one of"),
-    (ModelSpec(name="frame-average", options={"precision": "fp16"}), "options.precision"),
-    (ModelSpec(name="ifnet-v4", weights="w.pth", options={"runtime": "openvino"}),
-     "runs classify and embed models"),
-    (ModelSpec(name="frame-average", options={"runtime": "openvino", "compile": True}),
-     "excludes \\['compile'\\]"),
-    (ModelSpec(name="frame-average", num_gpus=1, options={"runtime": "openvino"}),
-     "excludes \\['num_gpus'\\]"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            ModelSpec(name="frame-average", options={"runtime": "onnx"}),
+            "options.runtime must be one of",
+        ),
+        (ModelSpec(name="frame-average", options={"precision": "fp16"}), "options.precision"),
+        (
+            ModelSpec(name="ifnet-v4", weights="w.pth", options={"runtime": "openvino"}),
+            "runs classify and embed models",
+        ),
+        (
+            ModelSpec(name="frame-average", options={"runtime": "openvino", "compile": True}),
+            "excludes \\['compile'\\]",
+        ),
+        (
+            ModelSpec(name="frame-average", num_gpus=1, options={"runtime": "openvino"}),
+            "excludes \\['num_gpus'\\]",
+        ),
+    ],
+)
 def test_runtime_settings_that_cannot_run_fail_before_ray(model, message):
     with pytest.raises(ModelConfigError, match=message):
         check_model_spec(model)

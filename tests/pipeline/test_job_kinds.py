@@ -78,7 +78,7 @@ def test_job_spec_runs(ray_session, small_archive, tmp_path, job):
 
 
 def test_generative_job_without_weights_fails_fast(tmp_path, small_archive):
-    from pipeline.model_runners import ModelConfigError
+    from pipeline.models import ModelConfigError
 
     spec, _ = load_spec(JOBS / "motion.toml", [f'input="{small_archive}"', f'output="{tmp_path / "o"}"',
                                                'models.0.weights=""'])
@@ -87,7 +87,7 @@ def test_generative_job_without_weights_fails_fast(tmp_path, small_archive):
 
 
 def test_weights_from_an_mlflow_model_uri(ray_session, small_archive, tmp_path, isolated_env):
-    from pipeline.tracking import register_weights
+    from pipeline.model_registry import register_weights
 
     version = register_weights(_checkpoint(tmp_path, "ifnet-v4"), "rife-test", isolated_env,
                                aliases=["prod"])
@@ -118,7 +118,7 @@ def test_pyav_backend_gives_the_same_clips(ray_session, small_archive, tmp_path)
 
 
 def test_bf16_precision_option_runs_and_bad_precision_is_refused(ray_session, small_archive, tmp_path):
-    from pipeline.model_runners import ClassifyRunner, ModelConfigError
+    from pipeline.models import ClassifyModel, ModelConfigError
     from pipeline.spec import ModelSpec
 
     out = tmp_path / "bf16"
@@ -128,4 +128,4 @@ def test_bf16_precision_option_runs_and_bad_precision_is_refused(ray_session, sm
     assert run_job(spec).summary["videos_ok"] == 1
     assert all(len(r["labels"]) == 5 for r in read_table(str(out), "clips").to_pylist())
     with pytest.raises(ModelConfigError, match="precision"):
-        ClassifyRunner(ModelSpec(name="frame-average", options={"precision": "fp8"}), output=str(out))
+        ClassifyModel(ModelSpec(name="frame-average", options={"precision": "fp8"}), output=str(out))

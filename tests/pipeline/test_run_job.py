@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pipeline.archive import list_archive
-from pipeline.model_runners import ModelConfigError
+from pipeline.models import ModelConfigError
 from pipeline.probe import probe_video
 from pipeline.job import OutputConflictError, run_job
 from pipeline.sampling import plan_clips

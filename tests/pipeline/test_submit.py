@@ -8,10 +8,10 @@ the head's process group; ``ray stop`` would stop every Ray instance on the mach
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,29 +27,15 @@ import pytest
 from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.spec import load_spec
+from tests.pipeline.cli_util import REPO, env_without_ray, set_args, vmb_subprocess
+from tests.pipeline.conftest import free_port
 from tests.pipeline.jobs_util import TINY_SAMPLING, clip_key_counts, read_table
 from tests.videos import make_video
 
-REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
-VMB = str(Path(sys.executable).with_name("vmb"))
 STARTUP_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 240
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without any Ray address or auth setting, HOME set to ``home``
-    (no ``~/.ray/auth_token`` unless the test puts one there)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_AUTH_", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"))}
-    return env | {"HOME": str(home)} | extra
 
 
 @dataclass(frozen=True)
@@ -66,27 +52,52 @@ def ray_head() -> Iterator[RayHead]:
     root = Path(tempfile.mkdtemp(prefix="vmb-head-"))  # short: Ray's unix sockets live below it
     home = root / "home"
     home.mkdir()
-    env = _clean_env(home)
-    generated = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True,
-                               text=True, timeout=60, check=True)
+    env = env_without_ray(home)
+    generated = subprocess.run(
+        [RAY, "get-auth-token", "--generate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     token = generated.stdout.strip()
     assert token and (home / ".ray" / "auth_token").read_text().strip() == token
-    dashboard = _free_port()
-    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-           "--disable-usage-stats", f"--temp-dir={root / 'ray'}", "--object-store-memory=200000000",
-           f"--port={_free_port()}", f"--dashboard-port={dashboard}",
-           # every default port a concurrent Ray on this machine may hold already
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-           f"--ray-client-server-port={_free_port()}", f"--node-manager-port={_free_port()}",
-           f"--object-manager-port={_free_port()}"]
+    dashboard = free_port()
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        f"--temp-dir={root / 'ray'}",
+        "--object-store-memory=200000000",
+        f"--port={free_port()}",
+        f"--dashboard-port={dashboard}",
+        # every default port a concurrent Ray on this machine may hold already
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+    ]
     log_path = root / "head.log"
     with log_path.open("wb") as log:
         # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: on SIGTERM, stop at once instead of draining 30 s
-        proc = subprocess.Popen(cmd, env=env | {"RAY_AUTH_MODE": "token",
-                                                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
-                                cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env | {"RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     head = RayHead(f"http://127.0.0.1:{dashboard}", token, log_path)
     try:
         _wait_for_jobs_api(head, proc)
@@ -98,8 +109,9 @@ def ray_head() -> Iterator[RayHead]:
 
 def _wait_for_jobs_api(head: RayHead, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    request = urllib.request.Request(f"{head.address}/api/jobs/",
-                                     headers={"Authorization": f"Bearer {head.token}"})
+    request = urllib.request.Request(
+        f"{head.address}/api/jobs/", headers={"Authorization": f"Bearer {head.token}"}
+    )
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{head.log.read_text()}")
@@ -110,8 +122,9 @@ def _wait_for_jobs_api(head: RayHead, proc: subprocess.Popen) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"no Jobs API at {head.address} after {STARTUP_TIMEOUT_S} s:\n"
-                       f"{head.log.read_text()}")
+    raise RuntimeError(
+        f"no Jobs API at {head.address} after {STARTUP_TIMEOUT_S} s:\n{head.log.read_text()}"
+    )
 
 
 def _stop_head(proc: subprocess.Popen) -> None:
@@ -122,20 +135,11 @@ def _stop_head(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         return
     proc.terminate()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
-
-
-def _vmb_subprocess(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([VMB, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _wait_for(vmb, head: RayHead, job_id: str, wanted: set[str]) -> str:
@@ -151,35 +155,54 @@ def _wait_for(vmb, head: RayHead, job_id: str, wanted: set[str]) -> str:
 
 def _overrides(archive: Path, out: Path, **sampling) -> list[str]:
     values = {**TINY_SAMPLING, **sampling}
-    return [f"input={archive}", f"output={out}", "mlflow.enabled=false",
-            *(f"sampling.{k}={v}" for k, v in values.items())]
-
-
-def _set_args(overrides: list[str]) -> list[str]:
-    return [x for o in overrides for x in ("--set", o)]
+    return [
+        f"input={archive}",
+        f"output={out}",
+        "mlflow.enabled=false",
+        *(f"sampling.{k}={v}" for k, v in values.items()),
+    ]
 
 
 def test_submit_without_or_with_a_wrong_token_is_refused(ray_head, tmp_path):
-    overrides = _set_args(_overrides(tmp_path, tmp_path / "out"))
-    no_token = _vmb_subprocess(["submit", "jobs/classify.toml", "--address", ray_head.address,
-                                *overrides], _clean_env(tmp_path), timeout=120)
+    overrides = set_args(_overrides(tmp_path, tmp_path / "out"))
+    no_token = vmb_subprocess(
+        "submit",
+        "jobs/classify.toml",
+        "--address",
+        ray_head.address,
+        *overrides,
+        env=env_without_ray(tmp_path),
+        timeout=120,
+    )
     assert no_token.returncode == 2, no_token.stderr
     assert "Traceback" not in no_token.stderr and no_token.stdout == ""
     [message] = no_token.stderr.strip().splitlines()
     assert message.startswith("vmb submit: error:") and "requires an auth token" in message
     assert "RAY_AUTH_TOKEN" in message and "--token" in message
 
-    wrong = _vmb_subprocess(["submit", "jobs/classify.toml", "--address", ray_head.address,
-                             *overrides], _clean_env(tmp_path, RAY_AUTH_TOKEN="not-the-token"),
-                            timeout=120)
+    wrong = vmb_subprocess(
+        "submit",
+        "jobs/classify.toml",
+        "--address",
+        ray_head.address,
+        *overrides,
+        env=env_without_ray(tmp_path, RAY_AUTH_TOKEN="not-the-token"),
+        timeout=120,
+    )
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
     assert "refused the auth token from RAY_AUTH_TOKEN" in wrong.stderr
     assert "not-the-token" not in wrong.stderr  # the token itself is never echoed
 
 
 def test_relative_paths_are_refused_before_contacting_the_cluster(vmb, tmp_path):
-    code, out, err = vmb("submit", "jobs/classify.toml", "--address", f"http://127.0.0.1:{_free_port()}",
-                         "--set", f"input={tmp_path}")  # output stays the spec's relative path
+    code, out, err = vmb(
+        "submit",
+        "jobs/classify.toml",
+        "--address",
+        f"http://127.0.0.1:{free_port()}",
+        "--set",
+        f"input={tmp_path}",
+    )  # output stays the spec's relative path
     assert code == 2 and out == ""
     assert "output = '.vmb/jobs/classify' is a relative path" in err and len(err.splitlines()) == 1
 
@@ -188,11 +211,20 @@ def test_status_errors_are_one_line(ray_head, vmb, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
-    code, _, err = vmb("status", "raysubmit_nope", "--address", ray_head.address,
-                       "--token", ray_head.token)
-    assert code == 2 and "raysubmit_nope does not exist" in err and len(err.strip().splitlines()) == 1
-    code, _, err = vmb("status", "raysubmit_nope", "--address", f"http://127.0.0.1:{_free_port()}",
-                       "--token", ray_head.token)
+    code, _, err = vmb(
+        "status", "raysubmit_nope", "--address", ray_head.address, "--token", ray_head.token
+    )
+    assert (
+        code == 2 and "raysubmit_nope does not exist" in err and len(err.strip().splitlines()) == 1
+    )
+    code, _, err = vmb(
+        "status",
+        "raysubmit_nope",
+        "--address",
+        f"http://127.0.0.1:{free_port()}",
+        "--token",
+        ray_head.token,
+    )
     assert code == 2 and "cannot reach the Ray Jobs API" in err
     # the token file sources: RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token
     token_file = tmp_path / "token"
@@ -210,13 +242,21 @@ def test_status_errors_are_one_line(ray_head, vmb, tmp_path, monkeypatch):
 def test_submitted_job_succeeds_with_complete_tables(ray_head, vmb, tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()
-    videos = [make_video(archive / "a.mp4", num_frames=24, seed=1),
-              make_video(archive / "b.mp4", num_frames=18, size=(80, 60), fps=10.0, seed=2)]
+    videos = [
+        make_video(archive / "a.mp4", num_frames=24, seed=1),
+        make_video(archive / "b.mp4", num_frames=18, size=(80, 60), fps=10.0, seed=2),
+    ]
     out = tmp_path / "out"
     overrides = _overrides(archive, out)
-    submitted = _vmb_subprocess(["submit", "jobs/classify.toml", "--address", ray_head.address,
-                                 *_set_args(overrides)],
-                                _clean_env(tmp_path, RAY_AUTH_TOKEN=ray_head.token))
+    submitted = vmb_subprocess(
+        "submit",
+        "jobs/classify.toml",
+        "--address",
+        ray_head.address,
+        *set_args(overrides),
+        env=env_without_ray(tmp_path, RAY_AUTH_TOKEN=ray_head.token),
+        timeout=180,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[-1]
 
@@ -225,7 +265,9 @@ def test_submitted_job_succeeds_with_complete_tables(ray_head, vmb, tmp_path):
     assert status == "SUCCEEDED", logs
 
     spec, _ = load_spec(REPO / "jobs" / "classify.toml", overrides)
-    expected = sum(len(plan_clips(p.num_frames, p.fps, spec.sampling)) for p in map(probe_video, videos))
+    expected = sum(
+        len(plan_clips(p.num_frames, p.fps, spec.sampling)) for p in map(probe_video, videos)
+    )
     clips = read_table(str(out), "clips")
     assert clips.num_rows == expected > 0
     assert set(clip_key_counts(clips).values()) == {1}
@@ -235,8 +277,10 @@ def test_submitted_job_succeeds_with_complete_tables(ray_head, vmb, tmp_path):
     assert sum(v["num_clips"] for v in vids) == expected
 
     assert code == 0
-    assert any(line.split()[:2] == ["clips", "written"] and line.split()[-1] == str(expected)
-               for line in logs.splitlines()), logs
+    assert any(
+        line.split()[:2] == ["clips", "written"] and line.split()[-1] == str(expected)
+        for line in logs.splitlines()
+    ), logs
     assert f"{out}/clips, {out}/videos" in logs
 
 
@@ -246,13 +290,22 @@ def test_stop_a_running_job(ray_head, vmb, tmp_path):
     make_video(archive / "long.mp4", num_frames=600, fps=24.0)  # minutes of work at size 224
     out = tmp_path / "out"
     overrides = _overrides(archive, out, size=224, clip_len=8, frame_interval=1)
-    code, out_text, err = vmb("submit", "jobs/classify.toml", "--address", ray_head.address,
-                              "--token", ray_head.token, *_set_args(overrides))
+    code, out_text, err = vmb(
+        "submit",
+        "jobs/classify.toml",
+        "--address",
+        ray_head.address,
+        "--token",
+        ray_head.token,
+        *set_args(overrides),
+    )
     assert code == 0, err
     job_id = out_text.strip().splitlines()[-1]
     assert _wait_for(vmb, ray_head, job_id, {"RUNNING"}) == "RUNNING"
 
-    code, stopped, err = vmb("stop", job_id, "--address", ray_head.address, "--token", ray_head.token)
+    code, stopped, err = vmb(
+        "stop", job_id, "--address", ray_head.address, "--token", ray_head.token
+    )
     assert (code, stopped.strip()) == (0, "stop requested"), err
     assert _wait_for(vmb, ray_head, job_id, TERMINAL) == "STOPPED"
     code, stopped, _ = vmb("stop", job_id, "--address", ray_head.address, "--token", ray_head.token)

@@ -12,14 +12,12 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline import tracking
+from pipeline.model_registry import ModelResolutionError, register_weights, resolve_model_uri
 from pipeline.tracking import (
     MAX_PARAM_VALUE_CHARS,
     JobTracker,
-    ModelResolutionError,
     TrackingUnavailableError,
     default_tracking_uri,
-    register_weights,
-    resolve_model_uri,
     runtime_tags,
 )
 

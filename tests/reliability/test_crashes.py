@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.decode_process import HANG_MARKER_ENV
+from pipeline.child_process import HANG_MARKER_ENV
 from pipeline.job import run_job
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 from tests.videos import make_video

@@ -1,4 +1,4 @@
-"""pipeline.sample: the demo archive decodes, moves, shows what it says, and is idempotent."""
+"""pipeline.demo_archive: the demo archive decodes, moves, shows what it says, and is idempotent."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline.sample import (
+from pipeline.demo_archive import (
     MANIFEST_NAME,
     SAMPLES,
     expected_subjects,

@@ -27,8 +27,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
@@ -83,17 +84,35 @@ class SamplePhoto:
 
 
 SAMPLES: tuple[SamplePhoto, ...] = (
-    SamplePhoto("cat", "chelsea.png", "cat",
-                ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"),
-                center=(0.5, 0.45)),
+    SamplePhoto(
+        "cat",
+        "chelsea.png",
+        "cat",
+        ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"),
+        center=(0.5, 0.45),
+    ),
     SamplePhoto("coffee", "coffee.png", "coffee cup", ("espresso", "cup", "coffee mug")),
-    SamplePhoto("rocket", "rocket.jpg", "rocket", ("missile", "projectile", "space shuttle"),
-                center=(0.52, 0.45), zoom=(0.45, 0.6), pan=0.15),
-    SamplePhoto("motorcycle", "motorcycle_left.png", "motorcycle", ("moped", "motor scooter"),
-                center=(0.5, 0.55), zoom=(0.65, 1.0)),
+    SamplePhoto(
+        "rocket",
+        "rocket.jpg",
+        "rocket",
+        ("missile", "projectile", "space shuttle"),
+        center=(0.52, 0.45),
+        zoom=(0.45, 0.6),
+        pan=0.15,
+    ),
+    SamplePhoto(
+        "motorcycle",
+        "motorcycle_left.png",
+        "motorcycle",
+        ("moped", "motor scooter"),
+        center=(0.5, 0.55),
+        zoom=(0.65, 1.0),
+    ),
     SamplePhoto("cameraman", "camera.png", "tripod", ("tripod",), center=(0.45, 0.5)),
-    SamplePhoto("astronaut", "astronaut.png", "astronaut", (), center=(0.45, 0.35),
-                zoom=(0.55, 1.0)),
+    SamplePhoto(
+        "astronaut", "astronaut.png", "astronaut", (), center=(0.45, 0.35), zoom=(0.55, 1.0)
+    ),
 )
 
 
@@ -146,28 +165,48 @@ def make_sample_archive(
         file_name = f"{photo.name}.mp4"
         uri = join(dest_dir, file_name)
         # Normalised through JSON (tuples -> lists) to compare equal with the stored copy.
-        recipe = json.loads(json.dumps({
-            "version": RECIPE_VERSION, "photo": asdict(photo), "frames": num_frames, "fps": fps,
-            "size": [width, height], "seed": seed, "index": index, "crf": SAMPLE_CRF}))
+        recipe = json.loads(
+            json.dumps(
+                {
+                    "version": RECIPE_VERSION,
+                    "photo": asdict(photo),
+                    "frames": num_frames,
+                    "fps": fps,
+                    "size": [width, height],
+                    "seed": seed,
+                    "index": index,
+                    "crf": SAMPLE_CRF,
+                }
+            )
+        )
         known = state.get(file_name, {})
         unchanged = known.get("recipe") == recipe and (
-            _sha256_of(fs, join(root, file_name)) == known.get("sha256"))
+            _sha256_of(fs, join(root, file_name)) == known.get("sha256")
+        )
         if unchanged:
             hashes[file_name] = known
         else:
-            frames = ken_burns(load_photo(photo), num_frames, (width, height),
-                               center=photo.center, zoom=photo.zoom, pan=photo.pan,
-                               seed=seed * 1009 + index)
+            frames = ken_burns(
+                load_photo(photo),
+                num_frames,
+                (width, height),
+                center=photo.center,
+                zoom=photo.zoom,
+                pan=photo.pan,
+                seed=seed * 1009 + index,
+            )
             data = encode_mp4_bytes(frames, fps, crf=SAMPLE_CRF)
             write_bytes_atomic(uri, data, storage_options)
             hashes[file_name] = {"recipe": recipe, "sha256": hashlib.sha256(data).hexdigest()}
-            logger.info("wrote sample video %s (%d frames, %d bytes)",
-                        file_name, num_frames, len(data))
+            logger.info(
+                "wrote sample video %s (%d frames, %d bytes)", file_name, num_frames, len(data)
+            )
         uris.append(uri)
 
     manifest = _manifest_bytes(uris, [p.subject for p in SAMPLES])
-    _write_if_changed(fs, join(root, MANIFEST_NAME), join(dest_dir, MANIFEST_NAME), manifest,
-                      storage_options)
+    _write_if_changed(
+        fs, join(root, MANIFEST_NAME), join(dest_dir, MANIFEST_NAME), manifest, storage_options
+    )
     state_bytes = json.dumps(hashes, indent=1, sort_keys=True).encode()
     _write_if_changed(fs, join(root, STATE_NAME), state_uri, state_bytes, storage_options)
     return uris
@@ -258,20 +297,24 @@ def ken_burns(
 
     def clamp_origin(cx: float, cy: float, box_w: float) -> tuple[float, float]:
         box_h = box_w / aspect
-        return (float(np.clip(cx - box_w / 2, 0.0, img_w - box_w)),
-                float(np.clip(cy - box_h / 2, 0.0, img_h - box_h)))
+        return (
+            float(np.clip(cx - box_w / 2, 0.0, img_w - box_w)),
+            float(np.clip(cy - box_h / 2, 0.0, img_h - box_h)),
+        )
 
     cx, cy = center[0] * img_w, center[1] * img_h
     tight_w = widest * zoom[0] * rng.uniform(1.0, 1.08)
-    tight_xy = clamp_origin(cx + rng.uniform(-0.03, 0.03) * tight_w,
-                            cy + rng.uniform(-0.03, 0.03) * tight_w, tight_w)
+    tight_xy = clamp_origin(
+        cx + rng.uniform(-0.03, 0.03) * tight_w, cy + rng.uniform(-0.03, 0.03) * tight_w, tight_w
+    )
     wide_w = widest * zoom[1] * rng.uniform(0.95, 1.0)
     # Shift the wide framing to one side (and a little up or down), so the clip pans as well as
     # zooms.
     side = rng.choice([-1.0, 1.0])
     room_x, room_y = (img_w - wide_w) / 2, (img_h - wide_w / aspect) / 2
-    wide_xy = clamp_origin(cx + side * pan * room_x,
-                           cy + rng.uniform(-0.5, 0.5) * pan * room_y, wide_w)
+    wide_xy = clamp_origin(
+        cx + side * pan * room_x, cy + rng.uniform(-0.5, 0.5) * pan * room_y, wide_w
+    )
     (start_w, start_xy), (end_w, end_xy) = ((tight_w, tight_xy), (wide_w, wide_xy))
     if rng.random() < 0.5:
         (start_w, start_xy), (end_w, end_xy) = (end_w, end_xy), (start_w, start_xy)

@@ -12,16 +12,13 @@ blocks in native code, holding the GIL, on any video whose URI contains that mar
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from pipeline import errors
-
-log = logging.getLogger(__name__)
 
 _DONE = "__done__"
 HANG_MARKER_ENV = "VMB_FAULT_HANG_MARKER"
