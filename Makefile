@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vmb demo $(if $(ARCHIVE),--archive $(ARCHIVE),)
 
-test: $(STAMP)
+# Style first (seconds), then every test.
+test: lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)

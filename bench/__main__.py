@@ -39,11 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("ray", "ray.data", "pipeline"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:////tmp/vmb-bench-mlflow.db")
-    suites = [s for s in a.suites if s != "sweep"] or (list(SUITES) if "sweep" not in a.suites else [])
-    settings = Settings(quick=a.quick, repeats=1 if a.quick else a.repeats,
-                        plots_dir=(RESULTS / "quick-plots") if a.quick else DOCS_PLOTS,
-                        sweep=a.sweep or "sweep" in a.suites,
-                        extra={"peer_repeats": a.peer_repeats})
+    suites = [s for s in a.suites if s != "sweep"] or (
+        list(SUITES) if "sweep" not in a.suites else []
+    )
+    settings = Settings(
+        quick=a.quick,
+        repeats=1 if a.quick else a.repeats,
+        plots_dir=(RESULTS / "quick-plots") if a.quick else DOCS_PLOTS,
+        sweep=a.sweep or "sweep" in a.suites,
+        extra={"peer_repeats": a.peer_repeats},
+    )
     t0 = time.time()
     m = machine()
     log(f"{command()}  |  {m['cpu']}, {m['cores']} cores, load {m['loadavg']}")
@@ -60,14 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     text = report.render(results)
     print(text)
     written = report.plots(results, settings.plots_dir)
-    summary = {"command": command(), "machine": m, "machine_end": machine(), "versions": versions(),
-               "elapsed_s": time.time() - t0, "suites": suites, "plots": [str(x) for x in written],
-               "tables": text}
+    summary = {
+        "command": command(),
+        "machine": m,
+        "machine_end": machine(),
+        "versions": versions(),
+        "elapsed_s": time.time() - t0,
+        "suites": suites,
+        "plots": [str(x) for x in written],
+        "tables": text,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{settings.tag}-summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{summary['command']}  ({summary['elapsed_s']:.0f} s; {m['cpu']}, {m['cores']} cores; "
-          f"load at start {m['loadavg'][0]:.1f}, at end {summary['machine_end']['loadavg'][0]:.1f}; "
-          f"torch {summary['versions']['torch']}, ray {summary['versions']['ray']})")
+    print(
+        f"\n{summary['command']}  ({summary['elapsed_s']:.0f} s; {m['cpu']}, {m['cores']} cores; "
+        f"load at start {m['loadavg'][0]:.1f}, at end {summary['machine_end']['loadavg'][0]:.1f}; "
+        f"torch {summary['versions']['torch']}, ray {summary['versions']['ray']})"
+    )
     return 0
 
 

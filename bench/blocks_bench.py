@@ -47,17 +47,28 @@ def _inputs(quick: bool) -> dict[str, tuple[str, Callable[[], tuple]]]:
         "i3d-inflated": (f"(1, 8, 3, {s}, {s})", _clips(1, T, s)),
         "two-stream": (f"(1, 8, 3, {s}, {s})", _clips(1, T, s)),
         "efficientnet-lite0": (f"(8, 3, {s}, {s})", lambda: (torch.randn(8, 3, s, s),)),
-        "crn": ("objects (1, 16, 512), context (1, 512)",
-                lambda: (torch.randn(1, 16, 512), torch.randn(1, 512))),
-        "hcrn-classifier": ("frame feats (1, 8, 16, 2048) + motion",
-                            lambda: _hcrn_inputs()),
-        "ifnet-eccv": (f"2 x (1, 3, {g}, {gw})", lambda: (torch.rand(1, 3, g, gw), torch.rand(1, 3, g, gw))),
-        "ifnet-v4": (f"2 x (1, 3, {g}, {gw})", lambda: (torch.rand(1, 3, g, gw), torch.rand(1, 3, g, gw))),
-        "wrqe": (f"(1, 3, 3, {g}, {gw}) + side (1, 3, 10)",
-                 lambda: (torch.rand(1, 3, 3, g, gw), torch.rand(1, 3, 10))),
+        "crn": (
+            "objects (1, 16, 512), context (1, 512)",
+            lambda: (torch.randn(1, 16, 512), torch.randn(1, 512)),
+        ),
+        "hcrn-classifier": ("frame feats (1, 8, 16, 2048) + motion", lambda: _hcrn_inputs()),
+        "ifnet-eccv": (
+            f"2 x (1, 3, {g}, {gw})",
+            lambda: (torch.rand(1, 3, g, gw), torch.rand(1, 3, g, gw)),
+        ),
+        "ifnet-v4": (
+            f"2 x (1, 3, {g}, {gw})",
+            lambda: (torch.rand(1, 3, g, gw), torch.rand(1, 3, g, gw)),
+        ),
+        "wrqe": (
+            f"(1, 3, 3, {g}, {gw}) + side (1, 3, 10)",
+            lambda: (torch.rand(1, 3, 3, g, gw), torch.rand(1, 3, 10)),
+        ),
         "fuseformer": (f"(1, 5, 3, {fh}, {fw})", lambda: (torch.rand(1, 5, 3, fh, fw) * 2 - 1,)),
-        "fuseformer-block": ("tokens (1, 5*720, 512) (a 60x108 map, 5 frames)",
-                             lambda: (torch.randn(1, 5 * 720, 512),)),
+        "fuseformer-block": (
+            "tokens (1, 5*720, 512) (a 60x108 map, 5 frames)",
+            lambda: (torch.randn(1, 5 * 720, 512),),
+        ),
         "soft-split": ("map (1, 128, 60, 108)", lambda: (torch.randn(1, 128, 60, 108),)),
         "soft-composition": ("tokens (1, 20, 36, 512)", lambda: (torch.randn(1, 20, 36, 512),)),
     }
@@ -128,10 +139,17 @@ def _real_clips(n: int) -> torch.Tensor:
 
     spec = SamplingSpec(clip_len=8, frame_interval=4, size=224)
     out = []
-    for path in inputs.videos(inputs.peers_archive(False)) + inputs.videos(inputs.sweep_archive(False)):
+    for path in inputs.videos(inputs.peers_archive(False)) + inputs.videos(
+        inputs.sweep_archive(False)
+    ):
         probe = probe_video(str(path))
         plans = plan_clips(probe.num_frames, probe.fps, spec)[:2]
-        out.extend(f for _, f in iter_clips(open_reader("decord", str(path), probe, (224, 224)), plans, (224, 224)))
+        out.extend(
+            f
+            for _, f in iter_clips(
+                open_reader("decord", str(path), probe, (224, 224)), plans, (224, 224)
+            )
+        )
         if len(out) >= n:
             break
     x = torch.from_numpy(__import__("numpy").stack(out[:n])).permute(0, 1, 4, 2, 3).float()
@@ -145,10 +163,7 @@ def part_b(settings: Settings) -> dict:
 
     torch.set_num_threads(2)
     batch = 2 if settings.quick else 8
-    if settings.quick:
-        x = torch.randn(batch, T, 3, 224, 224)
-    else:
-        x = _real_clips(batch)
+    x = torch.randn(batch, T, 3, 224, 224) if settings.quick else _real_clips(batch)
     base = blocks.create_block("frame-average").eval()
     with torch.inference_mode():
         ref = base(x)
@@ -170,6 +185,7 @@ def part_b(settings: Settings) -> dict:
         def f(v):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return m(v).float()
+
         return f
 
     def jit_freeze():
@@ -177,12 +193,15 @@ def part_b(settings: Settings) -> dict:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flat = x[:1].flatten(0, 1).contiguous(memory_format=torch.channels_last)
-            enc = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m.encoder, flat)))
+            enc = torch.jit.optimize_for_inference(
+                torch.jit.freeze(torch.jit.trace(m.encoder, flat))
+            )
 
         def f(v):
             b, t = v.shape[:2]
             logits = enc(v.flatten(0, 1).contiguous(memory_format=torch.channels_last))  # (B*T, K)
             return logits.view(b, t, -1).mean(1)  # the head is linear: mean of logits = head(mean)
+
         return f
 
     def compiled():
@@ -190,8 +209,9 @@ def part_b(settings: Settings) -> dict:
 
     def int8_dynamic():
         m = blocks.create_block("frame-average").eval()
-        return torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear, torch.nn.LSTM},
-                                                      dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(
+            m, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8
+        )
 
     def openvino(precision: str):
         from pipeline.inference_runtime import OpenVINOGraph
@@ -199,13 +219,16 @@ def part_b(settings: Settings) -> dict:
         def make():
             graph = OpenVINOGraph(folded().requires_grad_(False), x, precision=precision, threads=2)
             return lambda v: torch.from_numpy(graph(v.numpy())[0])
+
         return make
 
     variants: dict[str, Callable[[], Callable]] = {
-        "eager fp32": eager, "channels_last": channels_last,
+        "eager fp32": eager,
+        "channels_last": channels_last,
         "folded BN (runtime=torch, fp32)": folded,
         "folded BN + bf16 autocast (runtime=torch, bf16)": bf16_autocast,
-        "TorchScript freeze (+cl)": jit_freeze, "int8 dynamic (spec quantize)": int8_dynamic,
+        "TorchScript freeze (+cl)": jit_freeze,
+        "int8 dynamic (spec quantize)": int8_dynamic,
         "OpenVINO f32 (runtime=auto, default)": openvino("fp32"),
         "OpenVINO bf16 (precision=bf16)": openvino("bf16"),
     }
@@ -239,16 +262,27 @@ def part_b(settings: Settings) -> dict:
                 times[name].append(time.perf_counter() - t0)
     eager_s = median(times["eager fp32"])
     rows = {}
-    for name, (fn, out) in built.items():
+    for name, (_fn, out) in built.items():
         s = median(times[name])
-        rows[name] = {"latency_ms": s * 1000, "frames_per_s": batch * T / s, "speed_vs_eager": eager_s / s,
-                      "max_abs_logit_diff": float((out - ref).abs().max()),
-                      "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
-                      "build_or_compile_s": build_s[name]}
-    profiles = {"folded BN (runtime=torch, fp32)": profile(built["folded BN (runtime=torch, fp32)"][0], x),
-                "OpenVINO f32 (runtime=auto, default)": openvino_profile(folded(), x)}
-    return {"input": f"({batch}, {T}, 3, 224, 224) {'random' if settings.quick else 'real decoded clips'}",
-            "threads": 2, "variants": rows, "profiles": profiles}
+        rows[name] = {
+            "latency_ms": s * 1000,
+            "frames_per_s": batch * T / s,
+            "speed_vs_eager": eager_s / s,
+            "max_abs_logit_diff": float((out - ref).abs().max()),
+            "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+            "build_or_compile_s": build_s[name],
+        }
+    profiles = {
+        "folded BN (runtime=torch, fp32)": profile(built["folded BN (runtime=torch, fp32)"][0], x),
+        "OpenVINO f32 (runtime=auto, default)": openvino_profile(folded(), x),
+    }
+    return {
+        "input": f"({batch}, {T}, 3, 224, 224) "
+        + ("random" if settings.quick else "real decoded clips"),
+        "threads": 2,
+        "variants": rows,
+        "profiles": profiles,
+    }
 
 
 def openvino_profile(module: torch.nn.Module, x: torch.Tensor, top: int = 6) -> list[dict]:
@@ -258,8 +292,11 @@ def openvino_profile(module: torch.nn.Module, x: torch.Tensor, top: int = 6) -> 
     from pipeline.inference_runtime import _convert
 
     core = ov.Core()
-    compiled = core.compile_model(_convert(module.requires_grad_(False), x), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2, "PERF_COUNT": True})
+    compiled = core.compile_model(
+        _convert(module.requires_grad_(False), x),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2, "PERF_COUNT": True},
+    )
     request = compiled.create_infer_request()
     request.infer([x.numpy()])
     request.infer([x.numpy()])  # the second call: no first-run allocations
@@ -270,7 +307,9 @@ def openvino_profile(module: torch.nn.Module, x: torch.Tensor, top: int = 6) -> 
             per_type.setdefault(key, []).append(info.real_time.total_seconds() * 1000)
     total = sum(sum(v) for v in per_type.values()) or 1.0
     rows = sorted(per_type.items(), key=lambda kv: sum(kv[1]), reverse=True)[:top]
-    return [{"op": k, "self_cpu_ms": sum(v), "share": sum(v) / total, "calls": len(v)} for k, v in rows]
+    return [
+        {"op": k, "self_cpu_ms": sum(v), "share": sum(v) / total, "calls": len(v)} for k, v in rows
+    ]
 
 
 def profile(fn: Callable, x: torch.Tensor, top: int = 6) -> list[dict]:
@@ -282,12 +321,22 @@ def profile(fn: Callable, x: torch.Tensor, top: int = 6) -> list[dict]:
         fn(x)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1
-    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
-             "calls": e.count} for e in events[:top]]
+    return [
+        {
+            "op": e.key,
+            "self_cpu_ms": e.self_cpu_time_total / 1000,
+            "share": e.self_cpu_time_total / total,
+            "calls": e.count,
+        }
+        for e in events[:top]
+    ]
 
 
 def run(settings: Settings) -> dict:
-    payload = {"models": part_a(settings), "frame_average_cpu_options": part_b(settings),
-               "reduced_inputs": settings.quick}
+    payload = {
+        "models": part_a(settings),
+        "frame_average_cpu_options": part_b(settings),
+        "reduced_inputs": settings.quick,
+    }
     save("blocks", settings, payload)
     return payload

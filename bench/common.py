@@ -67,11 +67,20 @@ def machine() -> dict[str, Any]:
         flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
     except OSError:
         pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-           if f" {f}" in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem, "isa": isa,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "loadavg": list(os.getloadavg())}
+    isa = [
+        f
+        for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+        if f" {f}" in flags
+    ]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gib": mem,
+        "isa": isa,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg": list(os.getloadavg()),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -82,10 +91,22 @@ def versions() -> dict[str, str]:
         except (ImportError, AttributeError):
             out[mod] = "n/a"
     try:
-        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10, check=False).stdout.strip()
+        out["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
         out["git"] += "+dirty" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         out["git"] = "n/a"
@@ -93,8 +114,16 @@ def versions() -> dict[str, str]:
 
 
 def command() -> str:
-    return shlex.join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO))
-                       else sys.executable, "-m", "bench", *sys.argv[1:]])
+    return shlex.join(
+        [
+            os.path.relpath(sys.executable, REPO)
+            if sys.executable.startswith(str(REPO))
+            else sys.executable,
+            "-m",
+            "bench",
+            *sys.argv[1:],
+        ]
+    )
 
 
 def loadavg() -> float:
@@ -127,8 +156,9 @@ def measure(fn: Callable[[], Any]) -> Sample:
     return Sample(time.perf_counter() - t0, cpu_seconds() - c0, value, load)
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: bool = False
-                ) -> dict[str, list[Sample]]:
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: bool = False
+) -> dict[str, list[Sample]]:
     """Run each of ``fns`` ``repeats`` times, round robin (A B C A B C ...)."""
     out: dict[str, list[Sample]] = {k: [] for k in fns}
     if warmup:
@@ -155,9 +185,16 @@ def spread(xs: list[float]) -> float:
 def save(name: str, settings: Settings, payload: dict[str, Any]) -> Path:
     """Write ``bench/results/<tag>-<name>.json`` with the machine, versions and command."""
     settings.results_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"name": name, "mode": settings.tag, "command": command(), "cwd": str(REPO),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-           "versions": versions(), **payload}
+    doc = {
+        "name": name,
+        "mode": settings.tag,
+        "command": command(),
+        "cwd": str(REPO),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "versions": versions(),
+        **payload,
+    }
     path = settings.results_dir / f"{settings.tag}-{name}.json"
     path.write_text(json.dumps(doc, indent=1, default=_jsonable))
     return path
@@ -173,12 +210,14 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def run_logged(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def run_logged(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     """Run a subprocess, return (wall seconds, completed process); raise with its stderr tail."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=cwd or REPO, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or REPO, check=False
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -201,5 +240,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')} load {loadavg():.1f}] {msg}", file=sys.stderr,
-          flush=True)
+    print(
+        f"[bench {time.strftime('%H:%M:%S')} load {loadavg():.1f}] {msg}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -3,11 +3,12 @@
 Per resolution (360p, 720p, 1080p H.264), every frame delivered at the model input size
 (short side resized to 224 at decode, centre crop 224x224):
 
-- ``vmb decord``  ``pipeline.decode.open_reader("decord", ...)`` + ``iter_clips`` (the decode actor's
-  code path, 1 decoder thread) over clips of consecutive frames that cover every frame
+- ``vmb decord``  ``pipeline.decode.open_reader("decord", ...)`` + ``iter_clips`` (the decode
+  actor's code path, 1 decoder thread) over clips of consecutive frames that cover every frame
   (``_dense_plans``);
 - ``vmb pyav``    the same with the PyAV backend;
-- ``decord seq``  ``decord.VideoReader(width, height, num_threads=1)`` and ``next()`` over every frame;
+- ``decord seq``  ``decord.VideoReader(width, height, num_threads=1)`` and ``next()`` over every
+  frame;
 - ``pyav seq``    ``container.decode()`` with one codec thread, ``to_ndarray(width, height)``.
 
 Figure: frames per CPU-second ("per core"; CPU time of this process, all threads), ours over the
@@ -45,8 +46,11 @@ def _plans(probe, clip_len: int, interval: int, stride: int | None):
     from pipeline.sampling import plan_clips
     from pipeline.spec import SamplingSpec
 
-    return plan_clips(probe.num_frames, probe.fps,
-                      SamplingSpec(clip_len=clip_len, frame_interval=interval, stride=stride, size=SIZE))
+    return plan_clips(
+        probe.num_frames,
+        probe.fps,
+        SamplingSpec(clip_len=clip_len, frame_interval=interval, stride=stride, size=SIZE),
+    )
 
 
 def _dense_plans(probe):
@@ -109,7 +113,8 @@ def _same_as_sequential(path: Path, plans) -> bool:
     clips = list(iter_clips(open_reader("decord", str(path), probe, SIZE, "crop", 1), plans, SIZE))
     return len(clips) == len(plans) and all(
         np.array_equal(got, np.stack([frames[i] for i in clip.frame_indices]))
-        for clip, got in clips)
+        for clip, got in clips
+    )
 
 
 DENSE_REPEATS = 6
@@ -121,8 +126,9 @@ SPARSE = {  # name: (clip_len, frame_interval, stride)
 }
 
 
-def _rotated(fns: dict[str, Callable[[], Any]], repeats: int, warmup: bool = False
-             ) -> dict[str, list[Sample]]:
+def _rotated(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: bool = False
+) -> dict[str, list[Sample]]:
     """``interleaved``, each round starting one contender later (A B C, B C A, C A B, ...): the
     first run of a round measured about 1 % faster here, which a fixed order always gives to the
     same contender."""
@@ -132,7 +138,7 @@ def _rotated(fns: dict[str, Callable[[], Any]], repeats: int, warmup: bool = Fal
         for fn in fns.values():
             fn()
     for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for k, ss in interleaved({k: fns[k] for k in order}, 1).items():
             out[k].extend(ss)
     return out
@@ -147,26 +153,40 @@ def run(settings: Settings) -> dict:
         probe = _probe(path)
         dense = _dense_plans(probe)
         log(f"decode: {path.name} ({probe.width}x{probe.height}, {probe.num_frames} frames)")
-        samples = _rotated({
-            "vmb decord": lambda p=path, d=dense: ours(p, "decord", d),
-            "vmb pyav": lambda p=path, d=dense: ours(p, "pyav", d),
-            "decord seq": lambda p=path: decord_seq(p),
-            "pyav seq": lambda p=path: pyav_seq(p),
-        }, dense_repeats, warmup=not settings.quick)
-        row = {"resolution": path.stem, "width": probe.width, "height": probe.height,
-               "frames": probe.num_frames, "contenders": {}}
+        samples = _rotated(
+            {
+                "vmb decord": lambda p=path, d=dense: ours(p, "decord", d),
+                "vmb pyav": lambda p=path, d=dense: ours(p, "pyav", d),
+                "decord seq": lambda p=path: decord_seq(p),
+                "pyav seq": lambda p=path: pyav_seq(p),
+            },
+            dense_repeats,
+            warmup=not settings.quick,
+        )
+        row = {
+            "resolution": path.stem,
+            "width": probe.width,
+            "height": probe.height,
+            "frames": probe.num_frames,
+            "contenders": {},
+        }
         for name, ss in samples.items():
             row["contenders"][name] = {
                 "frames_per_cpu_s": median([s.value / s.cpu_s for s in ss]),
                 "frames_per_wall_s": median([s.value / s.wall_s for s in ss]),
                 "spread": spread([s.value / s.cpu_s for s in ss]),
-                "frames": ss[0].value, "load": [s.load for s in ss],
+                "frames": ss[0].value,
+                "load": [s.load for s in ss],
             }
         c = row["contenders"]
         best = max(c["decord seq"]["frames_per_cpu_s"], c["pyav seq"]["frames_per_cpu_s"])
         row["ratio_vs_best_baseline"] = c["vmb decord"]["frames_per_cpu_s"] / best
-        row["ratio_vs_decord_seq"] = c["vmb decord"]["frames_per_cpu_s"] / c["decord seq"]["frames_per_cpu_s"]
-        row["ratio_vs_pyav_seq"] = c["vmb decord"]["frames_per_cpu_s"] / c["pyav seq"]["frames_per_cpu_s"]
+        row["ratio_vs_decord_seq"] = (
+            c["vmb decord"]["frames_per_cpu_s"] / c["decord seq"]["frames_per_cpu_s"]
+        )
+        row["ratio_vs_pyav_seq"] = (
+            c["vmb decord"]["frames_per_cpu_s"] / c["pyav seq"]["frames_per_cpu_s"]
+        )
         dense_rows.append(row)
 
     path = next(p for p in inputs.videos(root) if p.stem == "720p")
@@ -177,22 +197,31 @@ def run(settings: Settings) -> dict:
     fns = {"full ours": lambda: ours(path, "decord", full_plans)}
     for name, (clip_len, interval, stride) in SPARSE.items():
         plans = _plans(probe, clip_len, interval, stride)
-        fns[f"{name}|ours"] = (lambda p=plans: ours(path, "decord", p))
+        fns[f"{name}|ours"] = lambda p=plans: ours(path, "decord", p)
     samples = _rotated(fns, repeats)
     full_cpu = median([s.cpu_s for s in samples["full ours"]])
     for name, (clip_len, interval, stride) in SPARSE.items():
         plans = _plans(probe, clip_len, interval, stride)
         needed = len({i for c in plans for i in c.frame_indices})
-        sparse_rows.append({
-            "pattern": name, "frames_needed": needed, "frames_total": probe.num_frames,
-            "fraction_needed": needed / probe.num_frames,
-            "ours_cost_vs_full": median([s.cpu_s for s in samples[f"{name}|ours"]]) / full_cpu,
-            "identical_to_sequential": _same_as_sequential(path, plans),
-        })
+        sparse_rows.append(
+            {
+                "pattern": name,
+                "frames_needed": needed,
+                "frames_total": probe.num_frames,
+                "fraction_needed": needed / probe.num_frames,
+                "ours_cost_vs_full": median([s.cpu_s for s in samples[f"{name}|ours"]]) / full_cpu,
+                "identical_to_sequential": _same_as_sequential(path, plans),
+            }
+        )
     keys = _key_indices(path)
-    payload = {"dense": dense_rows, "sparse": sparse_rows, "sparse_file": path.name,
-               "gop": {"keyframes": keys[:20], "num_frames": probe.num_frames}, "repeats": repeats,
-               "dense_repeats": dense_repeats}
+    payload = {
+        "dense": dense_rows,
+        "sparse": sparse_rows,
+        "sparse_file": path.name,
+        "gop": {"keyframes": keys[:20], "num_frames": probe.num_frames},
+        "repeats": repeats,
+        "dense_repeats": dense_repeats,
+    }
     save("decode", settings, payload)
     return payload
 

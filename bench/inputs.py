@@ -66,8 +66,11 @@ def _frames(recipe: VideoRecipe) -> Iterator[np.ndarray]:
         box_h = box_w / aspect
         x0 = (img_w - box_w) * (0.5 + 0.5 * math.sin(s))
         y0 = (img_h - box_h) * (0.5 + 0.5 * math.cos(s * 0.8))
-        frame = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR,
-                                      box=(x0, y0, x0 + box_w, y0 + box_h)))
+        frame = np.asarray(
+            pil.resize(
+                (width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + box_w, y0 + box_h)
+            )
+        )
         yield np.clip(frame.astype(np.int16) + grain[i % 4], 0, 255).astype(np.uint8)
 
 
@@ -100,8 +103,10 @@ def build_archive(name: str, recipes: list[VideoRecipe]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob("*.mp4"):
         old.unlink()
-    log(f"generating archive {name} ({len(recipes)} videos, "
-        f"{sum(r.seconds for r in recipes):.0f} s of video) under {root}")
+    log(
+        f"generating archive {name} ({len(recipes)} videos, "
+        f"{sum(r.seconds for r in recipes):.0f} s of video) under {root}"
+    )
     sizes = {}
     for r in recipes:
         encode(r, root / f"{r.name}.mp4")
@@ -120,8 +125,13 @@ def videos(root: Path) -> list[Path]:
 def decode_archive(quick: bool) -> Path:
     """One video per resolution (decode speed per resolution)."""
     secs = {"360p": 2, "720p": 2, "1080p": 1} if quick else {"360p": 30, "720p": 12, "1080p": 6}
-    return build_archive("decode-quick" if quick else "decode", [
-        VideoRecipe(f"{res}", res, s, photo=i, seed=100 + i) for i, (res, s) in enumerate(secs.items())])
+    return build_archive(
+        "decode-quick" if quick else "decode",
+        [
+            VideoRecipe(f"{res}", res, s, photo=i, seed=100 + i)
+            for i, (res, s) in enumerate(secs.items())
+        ],
+    )
 
 
 PEER_LENGTHS_S = (2, 4, 8, 15, 20, 30, 45, 60, 90, 120, 200)  # 594 s, 2 s to over 3 minutes
@@ -130,30 +140,45 @@ PEER_LENGTHS_S = (2, 4, 8, 15, 20, 30, 45, 60, 90, 120, 200)  # 594 s, 2 s to ov
 def peers_archive(quick: bool) -> Path:
     """360p videos from 2 s to 200 s: >= 500 clips of 8 frames every 4th frame (span 29)."""
     lengths = (3,) if quick else PEER_LENGTHS_S
-    return build_archive("peers-quick" if quick else "peers", [
-        VideoRecipe(f"v{i:02d}_{s}s", "360p", s, photo=i, seed=200 + i) for i, s in enumerate(lengths)])
+    return build_archive(
+        "peers-quick" if quick else "peers",
+        [
+            VideoRecipe(f"v{i:02d}_{s}s", "360p", s, photo=i, seed=200 + i)
+            for i, s in enumerate(lengths)
+        ],
+    )
 
 
 def sweep_archive(quick: bool) -> Path:
     """A smaller 360p archive (~120 clips) for the settings sweep and the overlap figure."""
     lengths = (3,) if quick else (20, 40, 80)
-    return build_archive("sweep-quick" if quick else "sweep", [
-        VideoRecipe(f"s{i:02d}_{s}s", "360p", s, photo=i + 1, seed=300 + i)
-        for i, s in enumerate(lengths)])
+    return build_archive(
+        "sweep-quick" if quick else "sweep",
+        [
+            VideoRecipe(f"s{i:02d}_{s}s", "360p", s, photo=i + 1, seed=300 + i)
+            for i, s in enumerate(lengths)
+        ],
+    )
 
 
 def overlap_archive(quick: bool) -> Path:
     """360p videos of 1 to 2 minutes: ~250 clips, so start-up is a small part of the run."""
     lengths = (3,) if quick else (60, 100, 130)
-    return build_archive("overlap-quick" if quick else "overlap", [
-        VideoRecipe(f"o{i:02d}_{s}s", "360p", s, photo=i + 2, seed=400 + i)
-        for i, s in enumerate(lengths)])
+    return build_archive(
+        "overlap-quick" if quick else "overlap",
+        [
+            VideoRecipe(f"o{i:02d}_{s}s", "360p", s, photo=i + 2, seed=400 + i)
+            for i, s in enumerate(lengths)
+        ],
+    )
 
 
 def many_short_archive(count: int) -> Path:
     """``count`` short (2 s, 240p-ish 360p) videos for the memory growth figure."""
-    return build_archive(f"short-{count}", [
-        VideoRecipe(f"m{i:03d}", "360p", 2, photo=i, seed=500 + i) for i in range(count)])
+    return build_archive(
+        f"short-{count}",
+        [VideoRecipe(f"m{i:03d}", "360p", 2, photo=i, seed=500 + i) for i in range(count)],
+    )
 
 
 def clips_in(root: Path, clip_len: int = 8, frame_interval: int = 4) -> int:

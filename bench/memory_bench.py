@@ -1,4 +1,5 @@
-"""4. Memory: peak RSS of the driver + every Ray process, and object-store use, for 20 and 200 videos.
+"""4. Memory: peak RSS of the driver + every Ray process, and object-store use, for 20 and 200
+videos.
 
 ``run_job`` runs in this process on a fresh local Ray instance per archive (so idle workers of
 an earlier run are not counted). A sampler thread adds up, every 0.2 s, the resident set size
@@ -16,6 +17,7 @@ the archive size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -30,7 +32,9 @@ from bench.common import Settings, log, save
 def _psutil():
     try:
         import psutil
-    except ImportError:  # Ray ships it under ray/thirdparty_files (on sys.path once ray is imported)
+    except (
+        ImportError
+    ):  # Ray ships it under ray/thirdparty_files (on sys.path once ray is imported)
         import psutil
         import ray  # noqa: F401
     return psutil
@@ -53,10 +57,8 @@ class Sampler(threading.Thread):
             procs = [me, *me.children(recursive=True)]
             total = 0
             for p in procs:
-                try:
+                with contextlib.suppress(self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                     total += p.memory_info().rss
-                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
-                    pass
             self.peak_rss = max(self.peak_rss, total)
             self.peak_driver = max(self.peak_driver, me.memory_info().rss)
             self.peak_procs = max(self.peak_procs, len(procs))
@@ -97,15 +99,27 @@ def measure(archive: Path, tmp: Path) -> dict:
     sampler.start()
     try:
         t0 = time.perf_counter()
-        result = run_job(job_spec(archive, tmp / archive.name,
-                                  {"num_cpus": 1.0, "options": {"channels_last": True}}, {}))
+        result = run_job(
+            job_spec(
+                archive,
+                tmp / archive.name,
+                {"num_cpus": 1.0, "options": {"channels_last": True}},
+                {},
+            )
+        )
         wall = time.perf_counter() - t0
     finally:
         sampler.stop()
         ray.shutdown()
-    return {"videos": result.summary["videos"], "clips": result.summary["clips"], "wall_s": wall,
-            "peak_rss_bytes": sampler.peak_rss, "peak_driver_rss_bytes": sampler.peak_driver,
-            "peak_object_store_bytes": sampler.peak_store, "peak_processes": sampler.peak_procs}
+    return {
+        "videos": result.summary["videos"],
+        "clips": result.summary["clips"],
+        "wall_s": wall,
+        "peak_rss_bytes": sampler.peak_rss,
+        "peak_driver_rss_bytes": sampler.peak_driver,
+        "peak_object_store_bytes": sampler.peak_store,
+        "peak_processes": sampler.peak_procs,
+    }
 
 
 def run(settings: Settings) -> dict:
@@ -121,9 +135,17 @@ def run(settings: Settings) -> dict:
             rows[count] = measure(inputs.many_short_archive(count), Path(tmp))
             rows[count]["load"] = round(os.getloadavg()[0], 2)
     growth = rows[large]["peak_rss_bytes"] / rows[small]["peak_rss_bytes"]
-    store_growth = (rows[large]["peak_object_store_bytes"] / rows[small]["peak_object_store_bytes"]
-                    if rows[small]["peak_object_store_bytes"] else float("nan"))
-    payload = {"small": small, "large": large, "runs": rows, "rss_growth": growth,
-               "object_store_growth": store_growth}
+    store_growth = (
+        rows[large]["peak_object_store_bytes"] / rows[small]["peak_object_store_bytes"]
+        if rows[small]["peak_object_store_bytes"]
+        else float("nan")
+    )
+    payload = {
+        "small": small,
+        "large": large,
+        "runs": rows,
+        "rss_growth": growth,
+        "object_store_growth": store_growth,
+    }
     save("memory", settings, payload)
     return payload

@@ -39,14 +39,25 @@ CONFIGS = {  # name: (model settings, decode settings)
 def job_spec(archive: Path, output: Path, model: dict, decode: dict):
     from pipeline.spec import parse_spec
 
-    return parse_spec({
-        "name": "bench-overlap", "input": str(archive), "output": str(output),
-        "sampling": {"clip_len": 8, "frame_interval": 4, "size": 224},
-        "decode": {"backend": "decord", "threads": 1, **decode},
-        "models": [{"name": "frame-average", "task": "classify", "batch_size": 8,
-                    "options": {"top_k": 5}, **model}],
-        "mlflow": {"enabled": False},
-    })
+    return parse_spec(
+        {
+            "name": "bench-overlap",
+            "input": str(archive),
+            "output": str(output),
+            "sampling": {"clip_len": 8, "frame_interval": 4, "size": 224},
+            "decode": {"backend": "decord", "threads": 1, **decode},
+            "models": [
+                {
+                    "name": "frame-average",
+                    "task": "classify",
+                    "batch_size": 8,
+                    "options": {"top_k": 5},
+                    **model,
+                }
+            ],
+            "mlflow": {"enabled": False},
+        }
+    )
 
 
 def decode_all(spec) -> list[np.ndarray]:
@@ -72,12 +83,21 @@ def model_only(spec, clips: list[np.ndarray]) -> tuple[float, float]:
     threads = torch.get_num_threads()
     m = spec.models[0]
     runner = build_model(m, output=spec.output, clip_shape=(8, 224, 224))
-    metas = [{"video_id": "v", "video_uri": "v", "clip_index": i, "fps": 25.0,
-              "frame_indices": np.arange(8), "frame_bytes": np.zeros(8)} for i in range(len(clips))]
-    runner.run(np.stack(clips[:m.batch_size]), metas[:m.batch_size])  # warm-up (not counted)
+    metas = [
+        {
+            "video_id": "v",
+            "video_uri": "v",
+            "clip_index": i,
+            "fps": 25.0,
+            "frame_indices": np.arange(8),
+            "frame_bytes": np.zeros(8),
+        }
+        for i in range(len(clips))
+    ]
+    runner.run(np.stack(clips[: m.batch_size]), metas[: m.batch_size])  # warm-up (not counted)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(clips), m.batch_size):
-        runner.run(np.stack(clips[i:i + m.batch_size]), metas[i:i + m.batch_size])
+        runner.run(np.stack(clips[i : i + m.batch_size]), metas[i : i + m.batch_size])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.set_num_threads(threads)
     return len(clips) / wall, cpu / len(clips)
@@ -117,13 +137,21 @@ def run(settings: Settings) -> dict:
                 m_rate, m_cpu = model_only(spec, clips)
                 e2e, steady = end_to_end(spec)
                 shared = min(d_rate, m_rate, cores / (d_cpu + m_cpu))
-                rows[name] = {"decode_only_clips_per_s": d_rate, "model_only_clips_per_s": m_rate,
-                              "decode_cpu_s_per_clip": d_cpu, "model_cpu_s_per_clip": m_cpu,
-                              "end_to_end_clips_per_s": e2e, "steady_clips_per_s": steady,
-                              "bound_separate": min(d_rate, m_rate), "bound_shared_cores": shared,
-                              "ratio": e2e / min(d_rate, m_rate), "ratio_shared": e2e / shared,
-                              "steady_ratio_shared": steady / shared,
-                              "model_threads": math.ceil(model["num_cpus"]), "load": load}
+                rows[name] = {
+                    "decode_only_clips_per_s": d_rate,
+                    "model_only_clips_per_s": m_rate,
+                    "decode_cpu_s_per_clip": d_cpu,
+                    "model_cpu_s_per_clip": m_cpu,
+                    "end_to_end_clips_per_s": e2e,
+                    "steady_clips_per_s": steady,
+                    "bound_separate": min(d_rate, m_rate),
+                    "bound_shared_cores": shared,
+                    "ratio": e2e / min(d_rate, m_rate),
+                    "ratio_shared": e2e / shared,
+                    "steady_ratio_shared": steady / shared,
+                    "model_threads": math.ceil(model["num_cpus"]),
+                    "load": load,
+                }
             n_clips = len(clips)
         finally:
             if started:

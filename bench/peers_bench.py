@@ -53,10 +53,14 @@ SWEEP = {  # name: --set overrides on top of jobs/classify.toml (ray.num_cpus=2 
     "+ decode.isolation=none": ['decode.isolation="none"'],
     "precision=bf16": ['models.0.options.precision="bf16"'],
     "runtime=torch (eager, BN folded)": ['models.0.options.runtime="torch"'],
-    "runtime=torch + compile=true": ['models.0.options.runtime="torch"',
-                                     "models.0.options.compile=true"],
-    "runtime=torch + precision=bf16": ['models.0.options.runtime="torch"',
-                                       'models.0.options.precision="bf16"'],
+    "runtime=torch + compile=true": [
+        'models.0.options.runtime="torch"',
+        "models.0.options.compile=true",
+    ],
+    "runtime=torch + precision=bf16": [
+        'models.0.options.runtime="torch"',
+        'models.0.options.precision="bf16"',
+    ],
 }
 
 
@@ -77,14 +81,16 @@ def _decode_hw(height: int, width: int) -> tuple[int, int]:
 def _crop(frames: np.ndarray) -> np.ndarray:
     h, w = frames.shape[1:3]
     top, left = (h - SIZE) // 2, (w - SIZE) // 2
-    return frames[:, top:top + SIZE, left:left + SIZE]
+    return frames[:, top : top + SIZE, left : left + SIZE]
 
 
 def _video_clips(vr, n: int) -> list[np.ndarray]:
     """Every clip of one video, one ``get_batch`` per clip (decord's documented usage; one
     call for all of a video's frames measured no faster here)."""
-    return [_crop(vr.get_batch([min(s + j * INTERVAL, n - 1) for j in range(CLIP_LEN)]).asnumpy())
-            for s in _clip_starts(n)]
+    return [
+        _crop(vr.get_batch([min(s + j * INTERVAL, n - 1) for j in range(CLIP_LEN)]).asnumpy())
+        for s in _clip_starts(n)
+    ]
 
 
 def plain_loop(archive: str, out: str) -> None:
@@ -101,7 +107,9 @@ def plain_loop(archive: str, out: str) -> None:
         x = torch.from_numpy(np.stack(batch)).permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W)
         with torch.inference_mode():
             top1 = model((x - 127.0) / 128.0).argmax(-1).tolist()
-        results.extend({"video": k[0], "clip": k[1], "label": labels[i]} for k, i in zip(keys, top1))
+        results.extend(
+            {"video": k[0], "clip": k[1], "label": labels[i]} for k, i in zip(keys, top1)
+        )
         batch.clear()
         keys.clear()
 
@@ -154,56 +162,80 @@ def ray_data(archive: str, out: str) -> None:
             x = torch.from_numpy(np.stack(batch["frames"])).permute(0, 1, 4, 2, 3).float()
             with torch.inference_mode():
                 top1 = self.model((x - 127.0) / 128.0).argmax(-1).tolist()
-            return {"video": batch["video"], "clip": batch["clip"],
-                    "label": np.array([self.labels[i] for i in top1])}
+            return {
+                "video": batch["video"],
+                "clip": batch["clip"],
+                "label": np.array([self.labels[i] for i in top1]),
+            }
 
     ds = ray.data.read_binary_files(paths, include_paths=True)
     ds = ds.flat_map(decode)
     ds = ds.map_batches(Classifier, batch_size=BATCH, concurrency=1)
-    rows = [{"video": str(r["video"]), "clip": int(r["clip"]), "label": str(r["label"])}
-            for r in ds.take_all()]
+    rows = [
+        {"video": str(r["video"]), "clip": int(r["clip"]), "label": str(r["label"])}
+        for r in ds.take_all()
+    ]
     Path(out).write_text(json.dumps(rows))
     ray.shutdown()
 
 
-# Contenders 3 to 5: vmb run as shipped, in bf16, in eager PyTorch -------------------------------------------------
+# Contenders 3 to 5: vmb run as shipped, in bf16, in eager PyTorch ------------------------------
 
 
 def vmb_command(archive: Path, output: Path, overrides: list[str]) -> list[str]:
     head = [str(Path(sys.executable).parent / "vmb"), "run"]
-    sets = [f'input="{archive}"', f'output="{output}"',
-            f'mlflow.tracking_uri="sqlite:///{output.parent / "mlflow.db"}"', *overrides]
-    return [*head, str(REPO / "jobs" / "classify.toml"), *[a for s in sets for a in ("--set", s)],
-            "--no-progress"]
+    sets = [
+        f'input="{archive}"',
+        f'output="{output}"',
+        f'mlflow.tracking_uri="sqlite:///{output.parent / "mlflow.db"}"',
+        *overrides,
+    ]
+    return [
+        *head,
+        str(REPO / "jobs" / "classify.toml"),
+        *[a for s in sets for a in ("--set", s)],
+        "--no-progress",
+    ]
 
 
 def read_vmb(output: Path) -> list[dict]:
     import pyarrow.dataset as pads
 
-    t = pads.dataset(str(output / "clips"), format="parquet").to_table(
-        columns=["video_uri", "clip_index", "labels"]).to_pylist()
-    return [{"video": Path(r["video_uri"]).name, "clip": int(r["clip_index"]),
-             "label": r["labels"][0]} for r in t]
+    t = (
+        pads.dataset(str(output / "clips"), format="parquet")
+        .to_table(columns=["video_uri", "clip_index", "labels"])
+        .to_pylist()
+    )
+    return [
+        {"video": Path(r["video_uri"]).name, "clip": int(r["clip_index"]), "label": r["labels"][0]}
+        for r in t
+    ]
 
 
-def run_contender(kind: str, archive: Path, work: Path, overrides: list[str] | None = None,
-                  timeout: float = 1200) -> tuple[float, list[dict]]:
+def run_contender(
+    kind: str, archive: Path, work: Path, overrides: list[str] | None = None, timeout: float = 1200
+) -> tuple[float, list[dict]]:
     """Run one contender as a fresh process; returns (wall seconds, per-clip top-1 rows)."""
     work.mkdir(parents=True, exist_ok=True)
-    env = subprocess_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-                         VMB_CACHE_DIR=str(work.parent / "vmb-cache"))  # cold for the first vmb run
+    env = subprocess_env(
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+        VMB_CACHE_DIR=str(work.parent / "vmb-cache"),
+    )  # cold for the first vmb run
     if kind in ("plain", "raydata"):
         out = work / f"{kind}.json"
-        wall, _ = run_logged([sys.executable, "-m", "bench.peers_bench", kind, str(archive), str(out)],
-                             timeout, env)
+        wall, _ = run_logged(
+            [sys.executable, "-m", "bench.peers_bench", kind, str(archive), str(out)], timeout, env
+        )
         return wall, json.loads(out.read_text())
     output = work / "out"
     shutil.rmtree(output, ignore_errors=True)
     wall, proc = run_logged(vmb_command(archive, output, overrides or []), timeout, env)
     m = re.search(r"\(([\d.]+) s processing, ([\d.]+) s total\)", proc.stdout)
     if m:  # where the process's time went: run_job's streaming part, run_job in all, the rest
-        TIMINGS.append({"processing_s": float(m.group(1)), "run_job_s": float(m.group(2)),
-                        "process_s": wall})
+        TIMINGS.append(
+            {"processing_s": float(m.group(1)), "run_job_s": float(m.group(2)), "process_s": wall}
+        )
     return wall, read_vmb(output)
 
 
@@ -223,9 +255,13 @@ def run(settings: Settings) -> dict:
     archive = inputs.peers_archive(settings.quick)
     n_clips = inputs.clips_in(archive)
     repeats = 1 if settings.quick else settings.extra.get("peer_repeats", 1)
-    contenders = {"plain loop": ("plain", None), "Ray Data": ("raydata", None),
-                  "vmb": ("vmb", VMB_SETTINGS), "vmb precision=bf16": ("vmb", BF16_SETTINGS),
-                  "vmb runtime=torch (exact)": ("vmb", TORCH_SETTINGS)}
+    contenders = {
+        "plain loop": ("plain", None),
+        "Ray Data": ("raydata", None),
+        "vmb": ("vmb", VMB_SETTINGS),
+        "vmb precision=bf16": ("vmb", BF16_SETTINGS),
+        "vmb runtime=torch (exact)": ("vmb", TORCH_SETTINGS),
+    }
     walls: dict[str, list[float]] = {k: [] for k in contenders}
     outputs: dict[str, list[dict]] = {}
     loads: dict[str, list[float]] = {k: [] for k in contenders}
@@ -248,18 +284,30 @@ def run(settings: Settings) -> dict:
     for name in contenders:
         clips = len(outputs[name])
         agree, compared = agreement(outputs[name], ref)
-        table[name] = {"wall_s": median(walls[name]), "walls": walls[name],
-                       "clips": clips, "clips_per_s": clips / median(walls[name]),
-                       "spread": spread(walls[name]), "top1_agreement": agree,
-                       "compared": compared, "load": loads[name],
-                       "settings": contenders[name][1], "timings": timings.get(name, [])}
+        table[name] = {
+            "wall_s": median(walls[name]),
+            "walls": walls[name],
+            "clips": clips,
+            "clips_per_s": clips / median(walls[name]),
+            "spread": spread(walls[name]),
+            "top1_agreement": agree,
+            "compared": compared,
+            "load": loads[name],
+            "settings": contenders[name][1],
+            "timings": timings.get(name, []),
+        }
     base = table["plain loop"]["clips_per_s"]
     ray_base = table["Ray Data"]["clips_per_s"]
     for name in contenders:
         table[name]["vs_plain"] = table[name]["clips_per_s"] / base
         table[name]["vs_ray_data"] = table[name]["clips_per_s"] / ray_base
-    payload = {"archive": str(archive), "clips_expected": n_clips, "repeats": repeats,
-               "batch_size": BATCH, "contenders": table}
+    payload = {
+        "archive": str(archive),
+        "clips_expected": n_clips,
+        "repeats": repeats,
+        "batch_size": BATCH,
+        "contenders": table,
+    }
     save("peers", settings, payload)
     return payload
 
@@ -276,8 +324,13 @@ def run_sweep(settings: Settings) -> dict:
             log(f"sweep: {name}")
             load = round(os.getloadavg()[0], 2)
             wall, out = run_contender("vmb", archive, Path(tmp) / f"s{i}", overrides)
-            rows[name] = {"overrides": overrides, "wall_s": wall, "clips": len(out),
-                          "clips_per_s": len(out) / wall, "load": load}
+            rows[name] = {
+                "overrides": overrides,
+                "wall_s": wall,
+                "clips": len(out),
+                "clips_per_s": len(out) / wall,
+                "load": load,
+            }
     payload = {"archive": str(archive), "clips_expected": inputs.clips_in(archive), "sweep": rows}
     save("sweep", settings, payload)
     return payload

@@ -15,8 +15,10 @@ GPU_PUBLISHED = {
     "V100 16GB, AMP (published)": 6176,
     "V100 16GB, FP32 (published)": 2968,
 }
-GPU_SOURCE = ("NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/efficientnet/README.md, "
-              "EfficientNet-B0 inference throughput at batch 256")
+GPU_SOURCE = (
+    "NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/efficientnet/README.md, "
+    "EfficientNet-B0 inference throughput at batch 256"
+)
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -27,8 +29,13 @@ def _fmt(x: Any, nd: int = 2) -> str:
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
 
@@ -41,80 +48,213 @@ def decode_tables(d: dict) -> str:
     rows = []
     for r in d["dense"]:
         c = r["contenders"]
-        rows.append([r["resolution"], r["frames"], c["vmb decord"]["frames_per_cpu_s"],
-                     c["vmb pyav"]["frames_per_cpu_s"], c["decord seq"]["frames_per_cpu_s"],
-                     c["pyav seq"]["frames_per_cpu_s"], r["ratio_vs_best_baseline"],
-                     target(r["ratio_vs_best_baseline"] >= 1.0)])
+        rows.append(
+            [
+                r["resolution"],
+                r["frames"],
+                c["vmb decord"]["frames_per_cpu_s"],
+                c["vmb pyav"]["frames_per_cpu_s"],
+                c["decord seq"]["frames_per_cpu_s"],
+                c["pyav seq"]["frames_per_cpu_s"],
+                r["ratio_vs_best_baseline"],
+                target(r["ratio_vs_best_baseline"] >= 1.0),
+            ]
+        )
     out = "Decode, every frame at 224x224 (frames per CPU-second, 1 decoder thread)\n" + table(
-        ["video", "frames", "vmb decord", "vmb pyav", "decord seq", "pyav seq",
-         "vmb / best baseline", "target >= 1.0"], rows)
-    rows = [[s["pattern"], f"{s['frames_needed']}/{s['frames_total']}", s["fraction_needed"],
-             s["ours_cost_vs_full"], s["identical_to_sequential"],
-             target(s["ours_cost_vs_full"] <= 1.0)] for s in d["sparse"]]
+        [
+            "video",
+            "frames",
+            "vmb decord",
+            "vmb pyav",
+            "decord seq",
+            "pyav seq",
+            "vmb / best baseline",
+            "target >= 1.0",
+        ],
+        rows,
+    )
+    rows = [
+        [
+            s["pattern"],
+            f"{s['frames_needed']}/{s['frames_total']}",
+            s["fraction_needed"],
+            s["ours_cost_vs_full"],
+            s["identical_to_sequential"],
+            target(s["ours_cost_vs_full"] <= 1.0),
+        ]
+        for s in d["sparse"]
+    ]
     out += f"\n\nSparse sampling on {d['sparse_file']}: CPU cost relative to a full decode\n"
-    out += table(["pattern", "frames needed", "fraction", "vmb cost", "same pixels as sequential",
-                  "vmb <= 1.0"], rows)
+    out += table(
+        [
+            "pattern",
+            "frames needed",
+            "fraction",
+            "vmb cost",
+            "same pixels as sequential",
+            "vmb <= 1.0",
+        ],
+        rows,
+    )
     return out
 
 
 def overlap_table(o: dict) -> str:
-    rows = [[k, v["decode_only_clips_per_s"], v["model_only_clips_per_s"],
-             v["decode_cpu_s_per_clip"] + v["model_cpu_s_per_clip"], v["end_to_end_clips_per_s"],
-             v["steady_clips_per_s"], v["ratio"], v["ratio_shared"], target(v["ratio"] >= 0.85)]
-            for k, v in o["configs"].items()]
-    return (f"Overlap ({o['clips']} clips, {o.get('cores', '?')} cores)\n" + table(
-        ["config", "decode only clips/s", "model only clips/s", "CPU s per clip (both)",
-         "end to end clips/s", "steady clips/s", "e2e / min", "e2e / core bound",
-         "target >= 0.85"], rows))
+    rows = [
+        [
+            k,
+            v["decode_only_clips_per_s"],
+            v["model_only_clips_per_s"],
+            v["decode_cpu_s_per_clip"] + v["model_cpu_s_per_clip"],
+            v["end_to_end_clips_per_s"],
+            v["steady_clips_per_s"],
+            v["ratio"],
+            v["ratio_shared"],
+            target(v["ratio"] >= 0.85),
+        ]
+        for k, v in o["configs"].items()
+    ]
+    return f"Overlap ({o['clips']} clips, {o.get('cores', '?')} cores)\n" + table(
+        [
+            "config",
+            "decode only clips/s",
+            "model only clips/s",
+            "CPU s per clip (both)",
+            "end to end clips/s",
+            "steady clips/s",
+            "e2e / min",
+            "e2e / core bound",
+            "target >= 0.85",
+        ],
+        rows,
+    )
 
 
 def peers_table(p: dict) -> str:
-    rows = [[k, v["clips"], v["wall_s"], v["clips_per_s"], v["vs_plain"], v["vs_ray_data"],
-             f"{v['top1_agreement']:.1%}"] for k, v in p["contenders"].items()]
-    return (f"Peers: whole process, {p['clips_expected']} clips of 8 frames at 224x224, batch "
-            f"{p['batch_size']} (targets: vmb >= 2x plain, >= 3x Ray Data, agreement >= 99%)\n"
-            + table(["contender", "clips", "wall s", "clips/s", "vs plain loop", "vs Ray Data",
-                     "top-1 agreement"], rows))
+    rows = [
+        [
+            k,
+            v["clips"],
+            v["wall_s"],
+            v["clips_per_s"],
+            v["vs_plain"],
+            v["vs_ray_data"],
+            f"{v['top1_agreement']:.1%}",
+        ]
+        for k, v in p["contenders"].items()
+    ]
+    return (
+        f"Peers: whole process, {p['clips_expected']} clips of 8 frames at 224x224, batch "
+        f"{p['batch_size']} (targets: vmb >= 2x plain, >= 3x Ray Data, agreement >= 99%)\n"
+        + table(
+            [
+                "contender",
+                "clips",
+                "wall s",
+                "clips/s",
+                "vs plain loop",
+                "vs Ray Data",
+                "top-1 agreement",
+            ],
+            rows,
+        )
+    )
 
 
 def sweep_table(s: dict) -> str:
-    rows = [[k, v["clips"], v["wall_s"], v["clips_per_s"], v["load"]] for k, v in s["sweep"].items()]
-    return (f"Settings sweep: vmb run, whole process, {s['clips_expected']} clips\n"
-            + table(["setting", "clips", "wall s", "clips/s", "load"], rows))
+    rows = [
+        [k, v["clips"], v["wall_s"], v["clips_per_s"], v["load"]] for k, v in s["sweep"].items()
+    ]
+    return f"Settings sweep: vmb run, whole process, {s['clips_expected']} clips\n" + table(
+        ["setting", "clips", "wall s", "clips/s", "load"], rows
+    )
 
 
 def memory_table(m: dict) -> str:
     mib = 1024 * 1024
-    rows = [[f"{k} videos", v["clips"], v["peak_rss_bytes"] / mib, v["peak_driver_rss_bytes"] / mib,
-             v["peak_object_store_bytes"] / mib, v["peak_processes"], v["wall_s"]]
-            for k, v in m["runs"].items()]
+    rows = [
+        [
+            f"{k} videos",
+            v["clips"],
+            v["peak_rss_bytes"] / mib,
+            v["peak_driver_rss_bytes"] / mib,
+            v["peak_object_store_bytes"] / mib,
+            v["peak_processes"],
+            v["wall_s"],
+        ]
+        for k, v in m["runs"].items()
+    ]
     store = m.get("object_store_growth", float("nan"))
-    return (f"Memory: growth of peak RSS (driver + Ray processes) {m['rss_growth']:.2f}x, "
-            f"{target(m['rss_growth'] <= 1.2)} (target <= 1.2); of peak object-store use "
-            f"{store:.2f}x, {target(store <= 1.2)} (target <= 1.2)\n"
-            + table(["archive", "clips", "peak RSS MiB", "driver MiB", "object store MiB",
-                     "processes", "wall s"], rows))
+    return (
+        f"Memory: growth of peak RSS (driver + Ray processes) {m['rss_growth']:.2f}x, "
+        f"{target(m['rss_growth'] <= 1.2)} (target <= 1.2); of peak object-store use "
+        f"{store:.2f}x, {target(store <= 1.2)} (target <= 1.2)\n"
+        + table(
+            [
+                "archive",
+                "clips",
+                "peak RSS MiB",
+                "driver MiB",
+                "object store MiB",
+                "processes",
+                "wall s",
+            ],
+            rows,
+        )
+    )
 
 
 def blocks_tables(b: dict) -> str:
-    rows = [[r["name"], f"{r['params']:,}", r.get("input", ""),
-             r["latency_ms"] if "latency_ms" in r else "skipped: " + r.get("skipped", "")]
-            for r in b["models"]]
-    out = ("Blocks: default configs, one forward, 2 threads"
-           + (" (REDUCED inputs: --quick)" if b.get("reduced_inputs") else "") + "\n"
-           + table(["model", "params", "input", "latency ms"], rows))
+    rows = [
+        [
+            r["name"],
+            f"{r['params']:,}",
+            r.get("input", ""),
+            r["latency_ms"] if "latency_ms" in r else "skipped: " + r.get("skipped", ""),
+        ]
+        for r in b["models"]
+    ]
+    out = (
+        "Blocks: default configs, one forward, 2 threads"
+        + (" (REDUCED inputs: --quick)" if b.get("reduced_inputs") else "")
+        + "\n"
+        + table(["model", "params", "input", "latency ms"], rows)
+    )
     fa = b["frame_average_cpu_options"]
-    rows = [[k, v["latency_ms"], v["frames_per_s"], v["speed_vs_eager"], v["max_abs_logit_diff"],
-             f"{v['top1_agreement']:.0%}", v["build_or_compile_s"]] for k, v in fa["variants"].items()]
+    rows = [
+        [
+            k,
+            v["latency_ms"],
+            v["frames_per_s"],
+            v["speed_vs_eager"],
+            v["max_abs_logit_diff"],
+            f"{v['top1_agreement']:.0%}",
+            v["build_or_compile_s"],
+        ]
+        for k, v in fa["variants"].items()
+    ]
     out += f"\n\nframe-average (efficientnet-lite0) on CPU, input {fa['input']}\n" + table(
-        ["variant", "latency ms", "frames/s", "speed vs eager", "max |logit diff|", "top-1 agree",
-         "build/compile s"], rows)
+        [
+            "variant",
+            "latency ms",
+            "frames/s",
+            "speed vs eager",
+            "max |logit diff|",
+            "top-1 agree",
+            "build/compile s",
+        ],
+        rows,
+    )
     for name, ops in fa.get("profiles", {}).items():
-        how = ("OpenVINO per-layer counters, one inference" if "OpenVINO" in name
-               else "torch.profiler, self CPU time of one forward")
+        how = (
+            "OpenVINO per-layer counters, one inference"
+            if "OpenVINO" in name
+            else "torch.profiler, self CPU time of one forward"
+        )
         out += f"\n\nprofile, {name} ({how})\n" + table(
             ["operator", "self CPU ms", "share", "calls"],
-            [[o["op"], o["self_cpu_ms"], f"{o['share']:.0%}", o["calls"]] for o in ops])
+            [[o["op"], o["self_cpu_ms"], f"{o['share']:.0%}", o["calls"]] for o in ops],
+        )
     return out
 
 
@@ -123,19 +263,39 @@ def scaling_rows(decode: dict | None, blocks: dict | None) -> list[list[Any]]:
     if not decode:
         return []
     rows = []
-    per_core = {r["resolution"]: r["contenders"]["vmb decord"]["frames_per_cpu_s"] for r in decode["dense"]}
+    per_core = {
+        r["resolution"]: r["contenders"]["vmb decord"]["frames_per_cpu_s"] for r in decode["dense"]
+    }
     # classify sampling: 8 frames every 4th spans 29 frames per 8 used; the decoder skips the
     # frames no clip needs at the measured fraction of a full decode's cost
     classify = [s for s in decode.get("sparse", []) if s["pattern"].startswith("every 4th")]
     ratio = 29 / 8 * (classify[0]["ours_cost_vs_full"] if classify else 1.0)
     for gpu, fps in GPU_PUBLISHED.items():
-        rows.append([gpu, fps, *[fps * ratio / per_core[res] for res in ("360p", "720p", "1080p")
-                                 if res in per_core]])
+        rows.append(
+            [
+                gpu,
+                fps,
+                *[
+                    fps * ratio / per_core[res]
+                    for res in ("360p", "720p", "1080p")
+                    if res in per_core
+                ],
+            ]
+        )
     if blocks:
         v = blocks["frame_average_cpu_options"]["variants"]
         best = max(v.values(), key=lambda r: r["frames_per_s"])["frames_per_s"]
-        rows.append(["this CPU, 2 threads (measured, fastest variant)", best,
-                     *[best * ratio / per_core[res] for res in ("360p", "720p", "1080p") if res in per_core]])
+        rows.append(
+            [
+                "this CPU, 2 threads (measured, fastest variant)",
+                best,
+                *[
+                    best * ratio / per_core[res]
+                    for res in ("360p", "720p", "1080p")
+                    if res in per_core
+                ],
+            ]
+        )
     return rows
 
 
@@ -143,11 +303,15 @@ def scaling_table(decode: dict | None, blocks: dict | None) -> str:
     rows = scaling_rows(decode, blocks)
     if not rows:
         return ""
-    return ("Scaling on paper: decode cores needed per accelerator for frame-average "
-            "(classify sampling: 29 frames decoded per 8 used, unneeded ones skipped at the "
-            "measured cost)\n"
-            + table(["model host", "model frames/s", "cores @360p", "cores @720p", "cores @1080p"], rows)
-            + f"\nGPU figures: {GPU_SOURCE}.")
+    return (
+        "Scaling on paper: decode cores needed per accelerator for frame-average "
+        "(classify sampling: 29 frames decoded per 8 used, unneeded ones skipped at the "
+        "measured cost)\n"
+        + table(
+            ["model host", "model frames/s", "cores @360p", "cores @720p", "cores @1080p"], rows
+        )
+        + f"\nGPU figures: {GPU_SOURCE}."
+    )
 
 
 def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
@@ -172,8 +336,12 @@ def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         res = [r["resolution"] for r in d["dense"]]
         for i, n in enumerate(names):
-            ax.bar([j + i * 0.2 for j in range(len(res))],
-                   [r["contenders"][n]["frames_per_cpu_s"] for r in d["dense"]], 0.2, label=n)
+            ax.bar(
+                [j + i * 0.2 for j in range(len(res))],
+                [r["contenders"][n]["frames_per_cpu_s"] for r in d["dense"]],
+                0.2,
+                label=n,
+            )
         ax.set_xticks([j + 0.3 for j in range(len(res))], res)
         ax.set_ylabel("frames per CPU-second at 224x224")
         ax.set_title("Decode per core")
@@ -182,8 +350,18 @@ def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         sp = d["sparse"]
         xs = range(len(sp))
-        ax.bar([x - 0.2 for x in xs], [s["fraction_needed"] for s in sp], 0.4, label="fraction of frames needed")
-        ax.bar([x + 0.2 for x in xs], [s["ours_cost_vs_full"] for s in sp], 0.4, label="vmb cost / full decode")
+        ax.bar(
+            [x - 0.2 for x in xs],
+            [s["fraction_needed"] for s in sp],
+            0.4,
+            label="fraction of frames needed",
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [s["ours_cost_vs_full"] for s in sp],
+            0.4,
+            label="vmb cost / full decode",
+        )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks(list(xs), [s["pattern"].split(" (")[0] for s in sp], fontsize=8)
         ax.set_title("Sparse sampling cost")
@@ -192,7 +370,11 @@ def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
     if "peers" in results:
         p = results["peers"]["contenders"]
         fig, ax = plt.subplots(figsize=(7, 3.4))
-        ax.barh(list(p), [v["clips_per_s"] for v in p.values()], color=["grey", "grey", "C0", "C2", "C1"][:len(p)])
+        ax.barh(
+            list(p),
+            [v["clips_per_s"] for v in p.values()],
+            color=["grey", "grey", "C0", "C2", "C1"][: len(p)],
+        )
         ax.set_xlabel("clips/s, whole process (start-up included)")
         ax.invert_yaxis()
         ax.set_title("End to end against the peers")

@@ -20,8 +20,8 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.query import query
     from pipeline.job import JobResult, run_job
+    from pipeline.query import query
     from pipeline.spec import JobSpec, load_spec
 
 _LAZY = {

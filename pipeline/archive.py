@@ -19,8 +19,9 @@ import posixpath
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -31,10 +32,24 @@ from pipeline.uris import filesystem, network_errors, redact_uri
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
-    ".3gp", ".ogv", ".y4m",
-})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".flv",
+        ".wmv",
+        ".3gp",
+        ".ogv",
+        ".y4m",
+    }
+)
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".txt", ".lst")
 
 
@@ -84,8 +99,9 @@ def check_archive(uri: str, storage_options: Mapping[str, Any] | None = None) ->
         raise ArchiveError(f"input {redact_uri(uri)} holds no video (skipped: {dict(skipped)})")
 
 
-def iter_archive(uri: str, storage_options: Mapping[str, Any] | None = None,
-                 skipped: Counter[str] | None = None) -> Iterator[VideoTask]:
+def iter_archive(
+    uri: str, storage_options: Mapping[str, Any] | None = None, skipped: Counter[str] | None = None
+) -> Iterator[VideoTask]:
     """The video tasks of the archive at ``uri``, streamed in a deterministic order.
 
     Folders are walked one directory at a time (names sorted), manifests read in record
@@ -133,8 +149,15 @@ def _walk_files(fs, root: str) -> Iterator[str]:
             yield name
 
 
-def _list_file(fs, full_uri: str, path: str, skipped: Counter[str], archive_uri: str,
-               member_key: str | None = None, label: str | None = None) -> Iterator[VideoTask]:
+def _list_file(
+    fs,
+    full_uri: str,
+    path: str,
+    skipped: Counter[str],
+    archive_uri: str,
+    member_key: str | None = None,
+    label: str | None = None,
+) -> Iterator[VideoTask]:
     lower = path.lower()
     if lower.endswith(".tar"):
         yield from _list_tar(fs, full_uri, path, skipped, label)
@@ -145,20 +168,37 @@ def _list_file(fs, full_uri: str, path: str, skipped: Counter[str], archive_uri:
         try:
             size = int(fs.size(path))
         except OSError as err:  # e.g. a dangling symlink: its own row, not a failed listing
-            yield VideoTask(make_video_id(archive_uri, key, 0), full_uri, full_uri, 0,
-                            label=label, problem=f"SourceRead: cannot stat: {err}")
+            yield VideoTask(
+                make_video_id(archive_uri, key, 0),
+                full_uri,
+                full_uri,
+                0,
+                label=label,
+                problem=f"SourceRead: cannot stat: {err}",
+            )
             return
-        yield VideoTask(make_video_id(archive_uri, key, size), full_uri, full_uri, size, label=label)
+        yield VideoTask(
+            make_video_id(archive_uri, key, size), full_uri, full_uri, size, label=label
+        )
     else:
         skipped["not a video"] += 1
 
 
-def _shard_problem(full_uri: str, container: str, where: str, label: str | None,
-                   problem: str) -> VideoTask:
+def _shard_problem(
+    full_uri: str, container: str, where: str, label: str | None, problem: str
+) -> VideoTask:
     """A task for a damaged part of a tar/zip file (``where`` is ``""`` or ``"@OFFSET"``)."""
     log.warning("%s: %s", redact_uri(full_uri), problem)
-    return VideoTask(make_video_id(full_uri, where, 0), f"{full_uri}#{where}", full_uri, 0,
-                     container=container, member=where, label=label, problem=problem)
+    return VideoTask(
+        make_video_id(full_uri, where, 0),
+        f"{full_uri}#{where}",
+        full_uri,
+        0,
+        container=container,
+        member=where,
+        label=label,
+        problem=problem,
+    )
 
 
 def _read_tar_headers(f, ignore_zeros: bool) -> tuple[list[tarfile.TarInfo], int, str | None]:
@@ -170,7 +210,7 @@ def _read_tar_headers(f, ignore_zeros: bool) -> tuple[list[tarfile.TarInfo], int
     f.seek(0)
     members: list[tarfile.TarInfo] = []
     try:
-        tar = tarfile.open(fileobj=f, mode="r:", ignore_zeros=ignore_zeros)
+        tar = tarfile.open(fileobj=f, mode="r:", ignore_zeros=ignore_zeros)  # noqa: SIM115 (f owns the file)
     except tarfile.TarError as err:
         return members, 0, str(err)
     while True:
@@ -183,8 +223,9 @@ def _read_tar_headers(f, ignore_zeros: bool) -> tuple[list[tarfile.TarInfo], int
         members.append(info)
 
 
-def _list_tar(fs, full_uri: str, path: str, skipped: Counter[str],
-              label: str | None) -> Iterator[VideoTask]:
+def _list_tar(
+    fs, full_uri: str, path: str, skipped: Counter[str], label: str | None
+) -> Iterator[VideoTask]:
     """Read tar headers only (members are located by offset, never extracted).
 
     Damage is recorded, never fatal, and never hides other members: a member whose data the end
@@ -212,9 +253,14 @@ def _list_tar(fs, full_uri: str, path: str, skipped: Counter[str],
         yield _shard_problem(full_uri, "tar", "", label, f"SourceRead: cannot read tar: {err}")
         return
     if damaged_at is not None:
-        yield _shard_problem(full_uri, "tar", f"@{damaged_at}", label,
-                             f"CorruptArchive: damaged tar at byte {damaged_at}: {error}; "
-                             f"{len(recovered)} later member(s) recovered by scanning")
+        yield _shard_problem(
+            full_uri,
+            "tar",
+            f"@{damaged_at}",
+            label,
+            f"CorruptArchive: damaged tar at byte {damaged_at}: {error}; "
+            f"{len(recovered)} later member(s) recovered by scanning",
+        )
     for m in members + recovered:
         if not m.isfile():
             continue
@@ -225,15 +271,26 @@ def _list_tar(fs, full_uri: str, path: str, skipped: Counter[str],
         if unsafe_member_name(m.name):
             problem = f"UnsafeMemberName: {m.name!r} escapes the archive"
         elif m.offset_data + m.size > size:
-            problem = (f"Truncated: tar member {m.name!r} needs bytes up to {m.offset_data + m.size}, "
-                       f"the shard ends at {size}")
+            problem = (
+                f"Truncated: tar member {m.name!r} needs bytes up to {m.offset_data + m.size}, "
+                f"the shard ends at {size}"
+            )
         yield VideoTask(
-            make_video_id(full_uri, m.name, m.size), f"{full_uri}#{m.name}", full_uri, m.size,
-            container="tar", member=m.name, data_offset=m.offset_data, label=label, problem=problem)
+            make_video_id(full_uri, m.name, m.size),
+            f"{full_uri}#{m.name}",
+            full_uri,
+            m.size,
+            container="tar",
+            member=m.name,
+            data_offset=m.offset_data,
+            label=label,
+            problem=problem,
+        )
 
 
-def _list_zip(fs, full_uri: str, path: str, skipped: Counter[str],
-              label: str | None) -> Iterator[VideoTask]:
+def _list_zip(
+    fs, full_uri: str, path: str, skipped: Counter[str], label: str | None
+) -> Iterator[VideoTask]:
     """Read the zip's central directory. A zip without a readable one is one ``CorruptArchive``
     row (``shard.zip#``); a member with damaged data fails later, when it is read."""
     try:
@@ -251,12 +308,21 @@ def _list_zip(fs, full_uri: str, path: str, skipped: Counter[str],
         if not is_video_name(info.filename):
             skipped["not a video"] += 1
             continue
-        problem = (f"UnsafeMemberName: {info.filename!r} escapes the archive"
-                   if unsafe_member_name(info.filename) else None)
+        problem = (
+            f"UnsafeMemberName: {info.filename!r} escapes the archive"
+            if unsafe_member_name(info.filename)
+            else None
+        )
         yield VideoTask(
-            make_video_id(full_uri, info.filename, info.file_size), f"{full_uri}#{info.filename}",
-            full_uri, info.file_size, container="zip", member=info.filename, label=label,
-            problem=problem)
+            make_video_id(full_uri, info.filename, info.file_size),
+            f"{full_uri}#{info.filename}",
+            full_uri,
+            info.file_size,
+            container="zip",
+            member=info.filename,
+            label=label,
+            problem=problem,
+        )
 
 
 _MANIFEST_BATCH = 8192  # records read at a time from a Parquet or CSV manifest
@@ -287,8 +353,11 @@ def _manifest_rows(fs, path: str) -> Iterator[tuple[str, str | None]]:
             batches = reader
         for batch in batches:
             uris = batch.column(uri_col).to_pylist()
-            labels = (batch.column("label").to_pylist() if "label" in batch.schema.names
-                      else [None] * len(uris))
+            labels = (
+                batch.column("label").to_pylist()
+                if "label" in batch.schema.names
+                else [None] * len(uris)
+            )
             for uri, label in zip(uris, labels):
                 yield str(uri), (None if label is None else str(label))
 
@@ -297,8 +366,9 @@ def _uri_column(names: list[str]) -> str:
     return next((c for c in ("uri", "path", "video", "url") if c in names), names[0])
 
 
-def _list_manifest(fs, path: str, prefix: str, skipped: Counter[str],
-                   storage_options: Mapping[str, Any] | None) -> Iterator[VideoTask]:
+def _list_manifest(
+    fs, path: str, prefix: str, skipped: Counter[str], storage_options: Mapping[str, Any] | None
+) -> Iterator[VideoTask]:
     base = posixpath.dirname(path)
     for entry, label in _manifest_rows(fs, path):
         if "://" in entry:
@@ -306,10 +376,20 @@ def _list_manifest(fs, path: str, prefix: str, skipped: Counter[str],
             eprefix = entry.split("://", 1)[0] + "://"
             eprefix = "" if eprefix == "file://" else eprefix
         else:
-            efs, epath, eprefix = fs, entry if entry.startswith("/") else posixpath.join(base, entry), prefix
+            efs, epath, eprefix = (
+                fs,
+                entry if entry.startswith("/") else posixpath.join(base, entry),
+                prefix,
+            )
         full = epath if "://" in epath else eprefix + epath  # http(s) paths are whole URLs
         if not efs.exists(epath):
-            yield VideoTask(make_video_id(full, "", 0), full, full, 0, label=label,
-                            problem=f"SourceRead: {redact_uri(full)} does not exist")
+            yield VideoTask(
+                make_video_id(full, "", 0),
+                full,
+                full,
+                0,
+                label=label,
+                problem=f"SourceRead: {redact_uri(full)} does not exist",
+            )
             continue
         yield from _list_file(efs, full, epath, skipped, full, member_key="", label=label)

@@ -85,8 +85,8 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from pipeline.demo_archive import make_sample_archive
-    from pipeline.query import query, write_result
     from pipeline.job import run_job
+    from pipeline.query import query, write_result
     from pipeline.spec import load_spec
 
     if not args.verbose:

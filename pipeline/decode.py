@@ -56,7 +56,8 @@ import dataclasses
 import io
 import logging
 import re
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
 def centre_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = frame.shape[:2]
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
-    return frame[top:top + size[0], left:left + size[1]]
+    return frame[top : top + size[0], left : left + size[1]]
 
 
 class DecordReader:
@@ -131,8 +132,15 @@ class DecordReader:
     ``decode_clips`` decodes it with PyAV): decord silently returns the wrong frames there.
     """
 
-    def __init__(self, src: Source, height: int, width: int, threads: int, rotation: int = 0,
-                 fps: float = 0.0):
+    def __init__(
+        self,
+        src: Source,
+        height: int,
+        width: int,
+        threads: int,
+        rotation: int = 0,
+        fps: float = 0.0,
+    ):
         import decord
 
         head = _head(src)
@@ -147,8 +155,9 @@ class DecordReader:
         self._decoded_shape = (out_h, out_w, 3)
         self.shape = (*stored_size(out_h, out_w, self._rotation), 3)
         try:
-            self._vr = decord.VideoReader(src, ctx=decord.cpu(0), width=out_w, height=out_h,
-                                          num_threads=threads)
+            self._vr = decord.VideoReader(
+                src, ctx=decord.cpu(0), width=out_w, height=out_h, num_threads=threads
+            )
             self._keys = sorted(int(k) for k in self._vr.get_key_indices())
         except (decord.DECORDError, AssertionError, RuntimeError) as err:
             raise _classify_decord_error(err) from None
@@ -191,17 +200,21 @@ class DecordReader:
                 if array.shape != self._decoded_shape:
                     raise errors.CorruptVideoError(
                         f"decoder returned a frame of shape {array.shape} at frame {index}, "
-                        f"expected {self._decoded_shape}")
+                        f"expected {self._decoded_shape}"
+                    )
                 yield index, upright(array, self._rotation)
         except StopIteration:
             raise errors.TruncatedError(
-                f"the stream ends at frame {self._pos}, its index promises {self.num_frames}") from None
+                f"the stream ends at frame {self._pos}, its index promises {self.num_frames}"
+            ) from None
         except decord.DECORDError as err:
             if not self._decoded:
                 raise errors.UndecodableStreamError(
-                    f"no frame decodes: {_first_line(err)}") from None
+                    f"no frame decodes: {_first_line(err)}"
+                ) from None
             raise errors.CorruptVideoError(
-                f"decoding failed at frame {self._pos}: {_first_line(err)}") from None
+                f"decoding failed at frame {self._pos}: {_first_line(err)}"
+            ) from None
 
     def _move_to(self, target: int) -> None:
         """Make ``target`` the frame ``next()`` returns, decoding as little as the stream allows.
@@ -291,8 +304,9 @@ class PyAVReader:
                 if pos > last:
                     return
                 if pos in wanted:
-                    array = frame.to_ndarray(format="rgb24", width=self._size[0],
-                                             height=self._size[1])
+                    array = frame.to_ndarray(
+                        format="rgb24", width=self._size[0], height=self._size[1]
+                    )
                     yield pos, upright(array, self._rotation)
                     if pos == last:  # an error past the last wanted frame is not our problem
                         return
@@ -333,8 +347,14 @@ def _head(src: Source, n: int = 1024) -> bytes:
         return f.read(n)
 
 
-def open_reader(backend: str, src: Source, probe: VideoProbe, size: tuple[int, int],
-                resize: str = "crop", threads: int = 1) -> FrameReader:
+def open_reader(
+    backend: str,
+    src: Source,
+    probe: VideoProbe,
+    size: tuple[int, int],
+    resize: str = "crop",
+    threads: int = 1,
+) -> FrameReader:
     """A reader for ``src`` decoding at the size ``decode_size`` gives."""
     height, width = decode_size(probe, size, resize)
     if isinstance(src, io.BytesIO):
@@ -346,9 +366,16 @@ def open_reader(backend: str, src: Source, probe: VideoProbe, size: tuple[int, i
     raise ValueError(f"unknown decode backend {backend!r}; expected one of {BACKENDS}")
 
 
-def decode_clips(src: Source, probe: VideoProbe, clips: list[ClipPlan], size: tuple[int, int], *,
-                 backend: str = "decord", threads: int = 1, resize: str = "crop"
-                 ) -> Iterator[tuple[ClipPlan, np.ndarray, str]]:
+def decode_clips(
+    src: Source,
+    probe: VideoProbe,
+    clips: list[ClipPlan],
+    size: tuple[int, int],
+    *,
+    backend: str = "decord",
+    threads: int = 1,
+    resize: str = "crop",
+) -> Iterator[tuple[ClipPlan, np.ndarray, str]]:
     """Decode ``clips`` of ``src`` with ``backend``, falling back to the other backend.
 
     The decode worker's one entry point. Yields ``(clip, frames, backend)`` per planned clip, in
@@ -379,8 +406,13 @@ def decode_clips(src: Source, probe: VideoProbe, clips: list[ClipPlan], size: tu
             produced = iter_clips(reader, clips, size)
             first = next(produced, None)
         except errors.VideoError as err:
-            log.info("%s cannot decode the video (%s: %s)%s", name, err.error_type, err,
-                     "" if name == order[-1] else "; trying the next backend")
+            log.info(
+                "%s cannot decode the video (%s: %s)%s",
+                name,
+                err.error_type,
+                err,
+                "" if name == order[-1] else "; trying the next backend",
+            )
             failures.append(err)
             continue
         if failures:
@@ -405,8 +437,9 @@ def _verdict(failures: list[errors.VideoError]) -> errors.VideoError:
     return last
 
 
-def iter_clips(reader: FrameReader, clips: list[ClipPlan], size: tuple[int, int]
-               ) -> Iterator[tuple[ClipPlan, np.ndarray]]:
+def iter_clips(
+    reader: FrameReader, clips: list[ClipPlan], size: tuple[int, int]
+) -> Iterator[tuple[ClipPlan, np.ndarray]]:
     """Yield ``(clip, frames (T, H, W, 3) uint8)`` in clip order, holding one clip at a time.
 
     Every planned clip is yielded, or a typed error is raised: a caller counting clips never
@@ -456,11 +489,13 @@ def iter_clips(reader: FrameReader, clips: list[ClipPlan], size: tuple[int, int]
     if head < len(plans):
         raise errors.TruncatedError(
             f"the stream ends before frame {ends[head]} of the {reader.num_frames} "
-            "its index promises")
+            "its index promises"
+        )
 
 
-def _start_clip(indices: list[int], held: dict[int, list], size: tuple[int, int]
-                ) -> np.ndarray | None:
+def _start_clip(
+    indices: list[int], held: dict[int, list], size: tuple[int, int]
+) -> np.ndarray | None:
     """The array of the clip that is now next, with the frames already decoded for it (taken
     from ``held``, which lets go of each frame once no clip still needs it); None if none is."""
     frames = None

@@ -40,15 +40,23 @@ def frame_packet_sizes(src) -> np.ndarray:
         src.seek(0)
     with av.open(src, "r") as container:
         stream = container.streams.video[0]
-        packets = [(p.pts if p.pts is not None else i, p.size)
-                   for i, p in enumerate(container.demux(stream)) if p.size]
+        packets = [
+            (p.pts if p.pts is not None else i, p.size)
+            for i, p in enumerate(container.demux(stream))
+            if p.size
+        ]
     if isinstance(src, io.BytesIO):
         src.seek(0)
     return np.array([size for _, size in sorted(packets)], dtype=np.int64)
 
 
-def decode_segment(row: dict[str, Any], sampling: dict, decode: dict, storage_options: dict,
-                   want_packet_sizes: bool) -> Iterator[dict[str, Any]]:
+def decode_segment(
+    row: dict[str, Any],
+    sampling: dict,
+    decode: dict,
+    storage_options: dict,
+    want_packet_sizes: bool,
+) -> Iterator[dict[str, Any]]:
     """Clip fields of one segment row; a failure ends the stream with one ``ok = False`` row.
 
     Runs inside the decode actor's child process (see ``pipeline.child_process``).
@@ -65,53 +73,89 @@ def decode_segment(row: dict[str, Any], sampling: dict, decode: dict, storage_op
         maybe_inject_hang(task.video_uri)
         src = read_source(task, storage_options)
         sizes = frame_packet_sizes(src) if want_packet_sizes else None
-        for clip, frames, backend in decode_clips(src, probe, clip_plans_from_arrow(row["clips"]),
-                                                  size, backend=decode_spec.backend,
-                                                  threads=decode_spec.threads, resize="crop"):
+        for clip, frames, backend in decode_clips(
+            src,
+            probe,
+            clip_plans_from_arrow(row["clips"]),
+            size,
+            backend=decode_spec.backend,
+            threads=decode_spec.threads,
+            resize="crop",
+        ):
             now = time.perf_counter()
             idx = np.asarray(clip.frame_indices, np.int64)
-            fb = (sizes[np.minimum(idx, len(sizes) - 1)] if sizes is not None and len(sizes)
-                  else np.zeros(len(idx), np.int64))
-            yield {"ok": True, "clip_index": clip.clip_index, "start_frame": clip.start_frame,
-                   "end_frame": clip.end_frame, "start_s": clip.start_s, "end_s": clip.end_s,
-                   "frame_indices": idx, "frame_bytes": fb, "decode_s": now - t0,
-                   "decode_backend": backend, "frames": frames, "status": "ok", "error_type": "",
-                   "error_message": "", "emitted_before_error": 0}
+            fb = (
+                sizes[np.minimum(idx, len(sizes) - 1)]
+                if sizes is not None and len(sizes)
+                else np.zeros(len(idx), np.int64)
+            )
+            yield {
+                "ok": True,
+                "clip_index": clip.clip_index,
+                "start_frame": clip.start_frame,
+                "end_frame": clip.end_frame,
+                "start_s": clip.start_s,
+                "end_s": clip.end_s,
+                "frame_indices": idx,
+                "frame_bytes": fb,
+                "decode_s": now - t0,
+                "decode_backend": backend,
+                "frames": frames,
+                "status": "ok",
+                "error_type": "",
+                "error_message": "",
+                "emitted_before_error": 0,
+            }
             emitted += 1
             t0 = time.perf_counter()
     except (errors.VideoError, OSError, ValueError, RuntimeError, MemoryError) as err:
-        log.warning("segment %d of %s failed: %s", row["segment_index"],
-                    redact_uri(task.video_uri), redact_uri(str(err)))
-        yield {**error_fields(err), "ok": False, "decode_s": time.perf_counter() - t0,
-               "emitted_before_error": emitted}
+        log.warning(
+            "segment %d of %s failed: %s",
+            row["segment_index"],
+            redact_uri(task.video_uri),
+            redact_uri(str(err)),
+        )
+        yield {
+            **error_fields(err),
+            "ok": False,
+            "decode_s": time.perf_counter() - t0,
+            "emitted_before_error": emitted,
+        }
 
 
 class DecodeWorker:
     """Ray actor: segment rows in, clip rows out; the actor and its child process are reused
     across segments, one reader per segment."""
 
-    def __init__(self, *, sampling: dict, decode: dict, storage_options: dict,
-                 want_packet_sizes: bool):
+    def __init__(
+        self, *, sampling: dict, decode: dict, storage_options: dict, want_packet_sizes: bool
+    ):
         from pipeline.child_process import IsolatedDecoder
 
         self.sampling = SamplingSpec.model_validate(sampling)
         self.decode = DecodeSpec.model_validate(decode)
         self.args = (sampling, decode, storage_options, want_packet_sizes)
-        self.isolated = IsolatedDecoder(decode_segment) if self.decode.isolation == "process" else None
+        self.isolated = (
+            IsolatedDecoder(decode_segment) if self.decode.isolation == "process" else None
+        )
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         base = {name: row.get(name) for name in VIDEO_COLUMNS if name != "clips_in_segment"}
         base["clips_in_segment"] = len(row["clips"])
         if row["status"] != "ok":
-            yield self._error_row(base, {k: row[k] for k in ("status", "error_type", "error_message")},
-                                  0.0, 0)
+            yield self._error_row(
+                base, {k: row[k] for k in ("status", "error_type", "error_message")}, 0.0, 0
+            )
             return
         segment = {k: v for k, v in row.items()}
         emitted = 0
         t0 = time.perf_counter()
         try:
-            rows = (self.isolated.run((segment, *self.args), self.decode.timeout_s) if self.isolated
-                    else decode_segment(segment, *self.args))
+            rows = (
+                self.isolated.run((segment, *self.args), self.decode.timeout_s)
+                if self.isolated
+                else decode_segment(segment, *self.args)
+            )
             for out in rows:
                 if not out["ok"]:
                     yield self._error_row(base, out, out["decode_s"], out["emitted_before_error"])
@@ -119,15 +163,30 @@ class DecodeWorker:
                 emitted += 1
                 yield {**base, **out}
         except errors.VideoError as err:  # timeout or crash of the child process
-            log.warning("segment %s of %s: %s", row["segment_index"], redact_uri(row["video_uri"]), err)
+            log.warning(
+                "segment %s of %s: %s", row["segment_index"], redact_uri(row["video_uri"]), err
+            )
             yield self._error_row(base, error_fields(err), time.perf_counter() - t0, emitted)
 
-    def _error_row(self, base: dict[str, Any], err: dict[str, Any], decode_s: float,
-                   emitted: int) -> dict[str, Any]:
+    def _error_row(
+        self, base: dict[str, Any], err: dict[str, Any], decode_s: float, emitted: int
+    ) -> dict[str, Any]:
         clip_len, size = self.sampling.clip_len, tuple(self.sampling.size)
-        return {**base, "ok": False, "clip_index": -1, "start_frame": 0, "end_frame": 0,
-                "start_s": 0.0, "end_s": 0.0, "frame_indices": np.zeros(clip_len, np.int64),
-                "frame_bytes": np.zeros(clip_len, np.int64), "decode_s": decode_s,
-                "decode_backend": "", "frames": np.zeros((clip_len, *size, 3), np.uint8),
-                "status": err["status"], "error_type": err["error_type"],
-                "error_message": err["error_message"], "emitted_before_error": emitted}
+        return {
+            **base,
+            "ok": False,
+            "clip_index": -1,
+            "start_frame": 0,
+            "end_frame": 0,
+            "start_s": 0.0,
+            "end_s": 0.0,
+            "frame_indices": np.zeros(clip_len, np.int64),
+            "frame_bytes": np.zeros(clip_len, np.int64),
+            "decode_s": decode_s,
+            "decode_backend": "",
+            "frames": np.zeros((clip_len, *size, 3), np.uint8),
+            "status": err["status"],
+            "error_type": err["error_type"],
+            "error_message": err["error_message"],
+            "emitted_before_error": emitted,
+        }

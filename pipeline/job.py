@@ -22,15 +22,15 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.archive import check_archive
 from pipeline.errors import UserError
 from pipeline.listing_source import listing_report_uri
 from pipeline.models import check_model_spec, check_weights
-from pipeline.ray_logging import ray_init_kwargs
 from pipeline.output import JobOutput, clips_file, marker_file, videos_file
+from pipeline.ray_logging import ray_init_kwargs
 from pipeline.resources import COMMIT_CPUS
 from pipeline.shard_commit import Relist, commit_shard
 from pipeline.shard_tracker import ReadyShard, ShardTracker
@@ -89,7 +89,8 @@ def validate(spec: JobSpec) -> JobOutput:
     if previous and previous.get("fingerprint") not in (None, spec.fingerprint()):
         raise OutputConflictError(
             f"output {redact_uri(spec.output)} holds job {previous.get('job_id')} with a different "
-            "input, sampling, model list or shard size; choose another output URI")
+            "input, sampling, model list or shard size; choose another output URI"
+        )
     check_archive(spec.input, spec.storage_options)
     return out
 
@@ -105,14 +106,23 @@ def _init_ray(spec: JobSpec, address: str | None):
         ray.init(address=address, **logging_kwargs)
     else:
         # "local": start a fresh instance rather than join whatever cluster /tmp/ray points at
-        ray.init(address="local", num_cpus=spec.ray.num_cpus,
-                 object_store_memory=spec.ray.object_store_memory,
-                 include_dashboard=False, **logging_kwargs)
+        ray.init(
+            address="local",
+            num_cpus=spec.ray.num_cpus,
+            object_store_memory=spec.ray.object_store_memory,
+            include_dashboard=False,
+            **logging_kwargs,
+        )
     return ray
 
 
-def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None = None,
-            progress: bool = False) -> JobResult:
+def run_job(
+    spec: JobSpec,
+    *,
+    spec_text: str | None = None,
+    address: str | None = None,
+    progress: bool = False,
+) -> JobResult:
     """Run ``spec`` to completion; see the module docstring for the stages."""
     from pipeline.tracking import JobTracker, runtime_tags
 
@@ -120,14 +130,24 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
     out = validate(spec)
     startup = {"checks_s": time.time() - started}
     job_id = job_id_for(spec)
-    tracker = JobTracker(spec.mlflow.tracking_uri, spec.mlflow.experiment,
-                         spec.mlflow.run_name or job_id, fail_fast=spec.mlflow.fail_fast) \
-        if spec.mlflow.enabled else None
+    tracker = (
+        JobTracker(
+            spec.mlflow.tracking_uri,
+            spec.mlflow.experiment,
+            spec.mlflow.run_name or job_id,
+            fail_fast=spec.mlflow.fail_fast,
+        )
+        if spec.mlflow.enabled
+        else None
+    )
     # The MLflow run starts while Ray starts (each takes seconds), except with mlflow.fail_fast:
     # then an unreachable server fails the job before Ray starts.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmb-tracking") as pool:
-        starting = pool.submit(tracker.start, redact(spec.model_dump()), {"job_id": job_id}) \
-            if tracker else None
+        starting = (
+            pool.submit(tracker.start, redact(spec.model_dump()), {"job_id": job_id})
+            if tracker
+            else None
+        )
         if starting and spec.mlflow.fail_fast:
             starting.result()
         t_ray = time.time()
@@ -144,8 +164,19 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
         tracker.set_tags(runtime_tags())
     out.write_job(_job_doc(spec, job_id, run_id, started, None, None))
     try:
-        result = _execute(spec, out, job_id, run_id, ray, started, cpu_started, progress, tracker,
-                          spec_text, startup)
+        result = _execute(
+            spec,
+            out,
+            job_id,
+            run_id,
+            ray,
+            started,
+            cpu_started,
+            progress,
+            tracker,
+            spec_text,
+            startup,
+        )
     except BaseException:
         if tracker:
             tracker.end("FAILED")
@@ -156,17 +187,28 @@ def run_job(spec: JobSpec, *, spec_text: str | None = None, address: str | None 
     return result
 
 
-def _job_doc(spec: JobSpec, job_id: str, run_id: str | None, started: float, ended: float | None,
-             counts: dict[str, Any] | None) -> dict[str, Any]:
+def _job_doc(
+    spec: JobSpec,
+    job_id: str,
+    run_id: str | None,
+    started: float,
+    ended: float | None,
+    counts: dict[str, Any] | None,
+) -> dict[str, Any]:
     from pipeline.tracking import runtime_tags
 
     return {
-        "job_id": job_id, "fingerprint": spec.fingerprint(), "spec": redact(spec.model_dump()),
-        "versions": {k.removeprefix("vmb.version."): v for k, v in runtime_tags().items()
-                     if k.startswith("vmb.version.")},
+        "job_id": job_id,
+        "fingerprint": spec.fingerprint(),
+        "spec": redact(spec.model_dump()),
+        "versions": {
+            k.removeprefix("vmb.version."): v
+            for k, v in runtime_tags().items()
+            if k.startswith("vmb.version.")
+        },
         "mlflow_run_id": run_id,
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "ended": datetime.fromtimestamp(ended, timezone.utc).isoformat() if ended else None,
+        "started": datetime.fromtimestamp(started, UTC).isoformat(),
+        "ended": datetime.fromtimestamp(ended, UTC).isoformat() if ended else None,
         "counts": counts or {},
     }
 
@@ -207,36 +249,60 @@ class _Commits:
 
     def submit(self, ready: ReadyShard, relist: bool = False) -> None:
         spec = self.spec
-        self.pending.append(self.task.remote(
-            output=spec.output, storage_options=spec.storage_options, index=ready.index,
-            key=ready.key, parts=ready.parts, models=[m.output_key for m in spec.models],
-            merge_with_committed=ready.merge_with_committed, incomplete=ready.incomplete,
-            relist=Relist(spec.input, spec.storage_options, spec.shard_size) if relist else None))
+        self.pending.append(
+            self.task.remote(
+                output=spec.output,
+                storage_options=spec.storage_options,
+                index=ready.index,
+                key=ready.key,
+                parts=ready.parts,
+                models=[m.output_key for m in spec.models],
+                merge_with_committed=ready.merge_with_committed,
+                incomplete=ready.incomplete,
+                relist=Relist(spec.input, spec.storage_options, spec.shard_size)
+                if relist
+                else None,
+            )
+        )
 
     def poll(self, wait: bool = False) -> None:
         if not self.pending:
             return
-        done, self.pending = self.ray.wait(self.pending, num_returns=len(self.pending),
-                                           timeout=None if wait else 0)
+        done, self.pending = self.ray.wait(
+            self.pending, num_returns=len(self.pending), timeout=None if wait else 0
+        )
         for counts in self.ray.get(done):
             self.totals.add(counts)
 
 
-def _remove_shards_beyond(out: JobOutput, markers: dict[int, ShardMarker], count: int,
-                          models: list[str]) -> None:
+def _remove_shards_beyond(
+    out: JobOutput, markers: dict[int, ShardMarker], count: int, models: list[str]
+) -> None:
     """Committed shards past the end of today's listing (the archive shrank): their videos are
     gone or in earlier shards now, so their files would repeat or keep stale rows."""
     for index in sorted(i for i in markers if i >= count):
         for uri in [clips_file(out.output, index, m) for m in models] + [
-                videos_file(out.output, index), marker_file(out.output, index)]:
+            videos_file(out.output, index),
+            marker_file(out.output, index),
+        ]:
             fs, path = filesystem(uri, out.storage_options)
             if fs.exists(path):
                 fs.rm(path)
 
 
-def _execute(spec: JobSpec, out: JobOutput, job_id: str, run_id: str | None, ray, started: float,
-             cpu_started: float, progress: bool, tracker, spec_text: str | None,
-             startup: dict[str, float]) -> JobResult:
+def _execute(
+    spec: JobSpec,
+    out: JobOutput,
+    job_id: str,
+    run_id: str | None,
+    ray,
+    started: float,
+    cpu_started: float,
+    progress: bool,
+    tracker,
+    spec_text: str | None,
+    startup: dict[str, float],
+) -> JobResult:
     import ray.data as rd
 
     if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
@@ -244,8 +310,9 @@ def _execute(spec: JobSpec, out: JobOutput, job_id: str, run_id: str | None, ray
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     markers = out.markers()
     run = uuid.uuid4().hex[:12]
-    versions = {m.output_key: os.path.basename(m.weights) if m.weights else "builtin"
-                for m in spec.models}
+    versions = {
+        m.output_key: os.path.basename(m.weights) if m.weights else "builtin" for m in spec.models
+    }
     bar = None
     if progress:
         from tqdm import tqdm
@@ -268,57 +335,99 @@ def _execute(spec: JobSpec, out: JobOutput, job_id: str, run_id: str | None, ray
             bar.update(shards.clips_seen - before)
             bar.set_postfix(shards=totals.shards_committed, refresh=False)
     for ready in shards.close_all():
-        log.error("shard %d ended incomplete: %d video(s) short", ready.index, len(ready.incomplete))
+        log.error(
+            "shard %d ended incomplete: %d video(s) short", ready.index, len(ready.incomplete)
+        )
         commits.submit(ready, relist=True)
     commits.poll(wait=True)
     if bar is not None:
         bar.close()
     listing = out.read_json(listing_report_uri(spec.output, run)) or {}
-    _remove_shards_beyond(out, markers, int(listing.get("shards", len(markers))),
-                          [m.output_key for m in spec.models])
+    _remove_shards_beyond(
+        out, markers, int(listing.get("shards", len(markers))), [m.output_key for m in spec.models]
+    )
     out.remove_staging()
 
     ended = time.time()
-    summary = _summarise(spec, job_id, run_id, listing, totals, shards, len(markers), received,
-                         started, cpu_started, t_run, ended)
+    summary = _summarise(
+        spec,
+        job_id,
+        run_id,
+        listing,
+        totals,
+        shards,
+        len(markers),
+        received,
+        started,
+        cpu_started,
+        t_run,
+        ended,
+    )
     summary["startup"] = {k: round(v, 3) for k, v in startup.items()}
     if tracker:
-        metrics = {k: float(v) for k, v in summary.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {
+            k: float(v)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         metrics.update({f"failures_{k}": float(v) for k, v in summary["failures_by_type"].items()})
         tracker.log_metrics(metrics)
-        tracker.log_artifacts(spec_text or "", summary, totals.failures, timeline, dict(totals.labels))
+        tracker.log_artifacts(
+            spec_text or "", summary, totals.failures, timeline, dict(totals.labels)
+        )
     out.write_job(_job_doc(spec, job_id, run_id, started, ended, summary))
     return JobResult(job_id, spec.output, run_id, summary, totals.failures)
 
 
-def _summarise(spec: JobSpec, job_id: str, run_id: str | None, listing: dict[str, Any],
-               totals: _Totals, shards: ShardTracker, markers: int, received: int, started: float,
-               cpu_started: float, t_run: float, ended: float) -> dict[str, Any]:
+def _summarise(
+    spec: JobSpec,
+    job_id: str,
+    run_id: str | None,
+    listing: dict[str, Any],
+    totals: _Totals,
+    shards: ShardTracker,
+    markers: int,
+    received: int,
+    started: float,
+    cpu_started: float,
+    t_run: float,
+    ended: float,
+) -> dict[str, Any]:
     failures = totals.failures
     wall = max(1e-9, ended - t_run)
     done = totals.videos_processed
     fraction = len(failures) / max(1, done)
     return {
-        "job_id": job_id, "output": redact_uri(spec.output), "mlflow_run_id": run_id,
-        "videos": int(listing.get("videos", done)), "videos_processed": done,
-        "videos_ok": totals.statuses.get("ok", 0), "videos_failed": len(failures),
+        "job_id": job_id,
+        "output": redact_uri(spec.output),
+        "mlflow_run_id": run_id,
+        "videos": int(listing.get("videos", done)),
+        "videos_processed": done,
+        "videos_ok": totals.statuses.get("ok", 0),
+        "videos_failed": len(failures),
         "videos_skipped": totals.statuses.get("skipped", 0),
         "videos_by_status": dict(totals.statuses),
         "failures_by_type": dict(Counter(f["error_type"] for f in failures)),
         "skipped_files": dict(listing.get("skipped_files", {})),
-        "clips": totals.clips, "segments": shards.segments_done, "frames_decoded": shards.clips_seen * spec.sampling.clip_len,
-        "decode_s": totals.decode_s, "infer_s": totals.infer_s,
-        "shards": int(listing.get("shards", 0)), "shards_committed": totals.shards_committed,
+        "clips": totals.clips,
+        "segments": shards.segments_done,
+        "frames_decoded": shards.clips_seen * spec.sampling.clip_len,
+        "decode_s": totals.decode_s,
+        "infer_s": totals.infer_s,
+        "shards": int(listing.get("shards", 0)),
+        "shards_committed": totals.shards_committed,
         "shard_markers_found": markers,
         "resumed_videos_skipped": int(listing.get("resumed_videos", 0)),
         "resumed_shards_skipped": int(listing.get("resumed_shards", 0)),
         "commit_nodes": dict(totals.commit_nodes),
-        "wall_s": ended - started, "run_s": wall,
+        "wall_s": ended - started,
+        "run_s": wall,
         "first_clip_s": (shards.first_clip_at or ended) - t_run,
-        "videos_per_s": done / wall, "clips_per_s": totals.clips / wall,
+        "videos_per_s": done / wall,
+        "clips_per_s": totals.clips / wall,
         "driver_cpu_s": time.process_time() - cpu_started,
         "driver_received_bytes": received,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "error_fraction": fraction, "within_error_budget": fraction <= spec.max_error_fraction,
+        "error_fraction": fraction,
+        "within_error_budget": fraction <= spec.max_error_fraction,
     }

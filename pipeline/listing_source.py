@@ -34,7 +34,9 @@ def shard_block(shard: Shard, marker: ShardMarker | None) -> tuple[pa.Table | No
     work = plan_shard(shard, marker)
     if not work.todo:
         return None, work.skipped_videos
-    columns: dict[str, list[Any]] = {name: [getattr(t, name) for t in work.todo] for name in TASK_FIELDS}
+    columns: dict[str, list[Any]] = {
+        name: [getattr(t, name) for t in work.todo] for name in TASK_FIELDS
+    }
     columns[SHARD] = [shard.index] * len(work.todo)
     columns[SHARD_VIDEOS] = [len(work.todo)] * len(work.todo)
     columns[SHARD_BASE] = [work.merge_with_committed] * len(work.todo)
@@ -42,9 +44,14 @@ def shard_block(shard: Shard, marker: ShardMarker | None) -> tuple[pa.Table | No
     return pa.Table.from_pydict(columns, schema=TASK_SCHEMA), work.skipped_videos
 
 
-def iter_shard_blocks(input_uri: str, storage_options: Mapping[str, Any], shard_size: int,
-                      markers: Mapping[int, ShardMarker], output: str, run: str
-                      ) -> Iterator[pa.Table]:
+def iter_shard_blocks(
+    input_uri: str,
+    storage_options: Mapping[str, Any],
+    shard_size: int,
+    markers: Mapping[int, ShardMarker],
+    output: str,
+    run: str,
+) -> Iterator[pa.Table]:
     skipped: Counter[str] = Counter()
     report = {"videos": 0, "shards": 0, "resumed_videos": 0, "resumed_shards": 0, "redo_shards": 0}
     for shard in iter_shards(iter_archive(input_uri, storage_options, skipped), shard_size):
@@ -57,22 +64,33 @@ def iter_shard_blocks(input_uri: str, storage_options: Mapping[str, Any], shard_
         if block is not None:
             yield block
     report["skipped_files"] = dict(skipped)
-    write_bytes_atomic(listing_report_uri(output, run), json.dumps(report).encode(), storage_options)
+    write_bytes_atomic(
+        listing_report_uri(output, run), json.dumps(report).encode(), storage_options
+    )
 
 
 class ShardListingDatasource(Datasource):
     """One read task streaming the archive's shards (see the module docstring)."""
 
-    def __init__(self, *, input_uri: str, storage_options: Mapping[str, Any], shard_size: int,
-                 markers: Mapping[int, ShardMarker], output: str, run: str):
+    def __init__(
+        self,
+        *,
+        input_uri: str,
+        storage_options: Mapping[str, Any],
+        shard_size: int,
+        markers: Mapping[int, ShardMarker],
+        output: str,
+        run: str,
+    ):
         super().__init__()
         self._args = (input_uri, dict(storage_options), shard_size, dict(markers), output, run)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
         args = self._args
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
         return [ReadTask(lambda: iter_shard_blocks(*args), meta, schema=TASK_SCHEMA)]

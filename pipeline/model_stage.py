@@ -42,14 +42,27 @@ def _feature_array(features: list[np.ndarray | None], dim: int | None) -> pa.Arr
 class ModelWorker:
     """Ray actor: runs one model over clip batches; the model is built once per actor."""
 
-    def __init__(self, *, model: dict, output: str, storage_options: Mapping[str, Any],
-                 tracking_uri: str | None, drop_frames: bool, clip_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        *,
+        model: dict,
+        output: str,
+        storage_options: Mapping[str, Any],
+        tracking_uri: str | None,
+        drop_frames: bool,
+        clip_shape: tuple[int, int, int],
+    ):
         from pipeline.models import build_model, infer_task
 
         self.spec = ModelSpec.model_validate(model)
         self.key = self.spec.output_key
-        self.model = build_model(self.spec, output=output, storage_options=storage_options,
-                                   tracking_uri=tracking_uri, clip_shape=clip_shape)
+        self.model = build_model(
+            self.spec,
+            output=output,
+            storage_options=storage_options,
+            tracking_uri=tracking_uri,
+            clip_shape=clip_shape,
+        )
         self.drop_frames = drop_frames
         # The feature width is part of the column type: learn it now, so every batch -- even
         # one whose clips all failed to decode -- has the same schema. Tasks that write media
@@ -57,8 +70,14 @@ class ModelWorker:
         self.feature_dim: int | None = None
         if infer_task(self.spec) in ("classify", "embed"):
             blank = np.zeros((1, *clip_shape, 3), np.uint8)  # (1, T, H, W, 3)
-            meta = {"video_id": "", "video_uri": "", "clip_index": 0, "fps": 1.0,
-                    "frame_indices": np.arange(clip_shape[0]), "frame_bytes": np.zeros(clip_shape[0])}
+            meta = {
+                "video_id": "",
+                "video_uri": "",
+                "clip_index": 0,
+                "fps": 1.0,
+                "frame_indices": np.arange(clip_shape[0]),
+                "frame_bytes": np.zeros(clip_shape[0]),
+            }
             result = self.model.run(blank, [meta])[0]
             if result.feature is not None:
                 self.feature_dim = int(np.asarray(result.feature).size)
@@ -79,9 +98,15 @@ class ModelWorker:
             frames = acc.to_numpy(FRAMES)  # (B, T, H, W, 3) uint8
             cols = {name: acc.to_numpy(name) for name in ("frame_indices", "frame_bytes")}
             fps = acc.to_numpy("probe_fps")
-            metas = [{**{k: batch.column(k)[int(i)].as_py() for k in _META}, "fps": float(fps[j]),
-                      "frame_indices": cols["frame_indices"][j], "frame_bytes": cols["frame_bytes"][j]}
-                     for j, i in enumerate(idx)]
+            metas = [
+                {
+                    **{k: batch.column(k)[int(i)].as_py() for k in _META},
+                    "fps": float(fps[j]),
+                    "frame_indices": cols["frame_indices"][j],
+                    "frame_bytes": cols["frame_bytes"][j],
+                }
+                for j, i in enumerate(idx)
+            ]
             t0 = time.perf_counter()
             try:
                 results = self.model.run(np.ascontiguousarray(frames), metas)

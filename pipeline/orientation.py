@@ -42,7 +42,7 @@ def _matrix_rotation(tkhd: bytes) -> int | None:
     offset = 4 + (32 if tkhd[:1] == b"\x01" else 20) + 16
     if len(tkhd) < offset + 36:
         return None
-    a, b = struct.unpack(">2i", tkhd[offset:offset + 8])
+    a, b = struct.unpack(">2i", tkhd[offset : offset + 8])
     if a == b == 0:
         return None
     return round(math.degrees(math.atan2(b, a)) / 90) % 4 * 90
@@ -74,13 +74,13 @@ def _boxes(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(type, payload) of the boxes packed in ``data``; stops at the first malformed one."""
     pos = 0
     while pos + 8 <= len(data):
-        box_size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        box_size, kind = struct.unpack(">I4s", data[pos : pos + 8])
         start = 8
         if box_size == 1 and pos + 16 <= len(data):
-            box_size, start = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+            box_size, start = struct.unpack(">Q", data[pos + 8 : pos + 16])[0], 16
         elif box_size == 0:
             box_size = len(data) - pos
         if box_size < start or pos + box_size > len(data):
             return
-        yield kind, data[pos + start:pos + box_size]
+        yield kind, data[pos + start : pos + box_size]
         pos += box_size

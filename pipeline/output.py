@@ -47,7 +47,9 @@ def staging_dir(output: str, index: int) -> str:
 
 
 def publish(uri: str, data: bytes, storage_options: Mapping[str, Any] | None) -> None:
-    with_retries(lambda: write_bytes_atomic(uri, data, storage_options), f"writing {redact_uri(uri)}")
+    with_retries(
+        lambda: write_bytes_atomic(uri, data, storage_options), f"writing {redact_uri(uri)}"
+    )
 
 
 class JobOutput:
@@ -96,7 +98,9 @@ class JobOutput:
 
     def remove_staging(self, index: int | None = None) -> None:
         """Drop the part files of one shard (``index``), or the whole staging folder."""
-        uri = staging_dir(self.output, index) if index is not None else join(self.output, STAGING_DIR)
+        uri = (
+            staging_dir(self.output, index) if index is not None else join(self.output, STAGING_DIR)
+        )
         fs, path = filesystem(uri, self.storage_options)
         if fs.exists(path):
             fs.rm(path, recursive=True)

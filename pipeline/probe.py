@@ -40,8 +40,16 @@ from pipeline.truncation import check_complete
 log = logging.getLogger(__name__)
 
 # Signatures of containers FFmpeg reads (first bytes), to tell "a damaged video" from "not a video".
-_SIGNATURES = (b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba",
-               b"\x00\x00\x01\xb3", b"0&\xb2u", b"YUV4MPEG2")
+_SIGNATURES = (
+    b"\x1a\x45\xdf\xa3",
+    b"RIFF",
+    b"OggS",
+    b"FLV",
+    b"\x00\x00\x01\xba",
+    b"\x00\x00\x01\xb3",
+    b"0&\xb2u",
+    b"YUV4MPEG2",
+)
 
 
 def probe_video(src: Source) -> VideoProbe:
@@ -105,14 +113,23 @@ def _probe_container(container, rotation: int | None) -> VideoProbe:
         fps = num_frames / duration if duration > 0 else 25.0
     sar = float(stream.sample_aspect_ratio or ctx.sample_aspect_ratio or 1) or 1.0
     width, height = display_size(int(ctx.width), int(ctx.height), rotation, sar)
-    return VideoProbe(duration_s=duration or num_frames / fps, fps=fps, num_frames=num_frames,
-                      width=width, height=height, codec=_codec_name(ctx), rotation=rotation,
-                      coded_width=int(ctx.width), coded_height=int(ctx.height),
-                      sample_aspect=sar)
+    return VideoProbe(
+        duration_s=duration or num_frames / fps,
+        fps=fps,
+        num_frames=num_frames,
+        width=width,
+        height=height,
+        codec=_codec_name(ctx),
+        rotation=rotation,
+        coded_width=int(ctx.width),
+        coded_height=int(ctx.height),
+        sample_aspect=sar,
+    )
 
 
-def display_size(coded_width: int, coded_height: int, rotation: int, sample_aspect: float
-                 ) -> tuple[int, int]:
+def display_size(
+    coded_width: int, coded_height: int, rotation: int, sample_aspect: float
+) -> tuple[int, int]:
     """``(width, height)`` a player shows: pixels stretched horizontally by the sample aspect
     ratio (PAL 720x576 at 16:15 shows as 768x576), then turned by ``rotation``."""
     width = max(1, round(coded_width * sample_aspect))
@@ -143,7 +160,9 @@ def _scan(container, stream, rotation: int | None, count: bool) -> tuple[int, in
             rotation = _rotation(packet)
         elif not count:
             break
-    span = float((last - first) * stream.time_base) if first is not None and stream.time_base else 0.0
+    span = (
+        float((last - first) * stream.time_base) if first is not None and stream.time_base else 0.0
+    )
     return rotation or 0, packets, max(span, 0.0)
 
 
@@ -191,7 +210,7 @@ def _looks_like_text(head: bytes) -> bool:
 def _read_structure(src: Source, size: int, iso: bool) -> int | None:
     """Check the container is whole (``TruncatedError`` if not); the rotation when an ISO-BMFF
     track header records it, else None."""
-    f = src if isinstance(src, io.BytesIO) else open(src, "rb")
+    f = src if isinstance(src, io.BytesIO) else open(src, "rb")  # noqa: SIM115 (closed below)
     try:
         check_complete(f, size)
         return iso_rotation(f, size) if iso else None

@@ -37,18 +37,29 @@ log = logging.getLogger(__name__)
 def error_fields(err: BaseException) -> dict[str, str]:
     """``status``, ``error_type`` and ``error_message`` of a failure, for its row."""
     if isinstance(err, errors.VideoError):
-        return {"status": err.status, "error_type": err.error_type, "error_message": str(err)[:2000]}
+        return {
+            "status": err.status,
+            "error_type": err.error_type,
+            "error_message": str(err)[:2000],
+        }
     return {"status": "error", "error_type": type(err).__name__, "error_message": str(err)[:2000]}
 
 
 def failed_segment(row: dict[str, Any], err: BaseException, probe=None) -> dict[str, Any]:
     """The one segment row of a video that cannot be decoded."""
-    return {**row, **probe_columns(probe), "segment_index": 0, "num_segments": 1, "clips": [],
-            **error_fields(err)}
+    return {
+        **row,
+        **probe_columns(probe),
+        "segment_index": 0,
+        "num_segments": 1,
+        "clips": [],
+        **error_fields(err),
+    }
 
 
-def plan_segments(row: dict[str, Any], sampling: dict[str, Any],
-                  storage_options: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def plan_segments(
+    row: dict[str, Any], sampling: dict[str, Any], storage_options: Mapping[str, Any]
+) -> Iterator[dict[str, Any]]:
     """Probe the video of task ``row`` and yield its segment rows (runs in the child process)."""
     spec = SamplingSpec.model_validate(sampling)
     task = task_from_row(row)
@@ -64,16 +75,29 @@ def plan_segments(row: dict[str, Any], sampling: dict[str, Any],
         return
     groups = split_segments(clips, probe.fps, spec.segment_s)
     for i, group in enumerate(groups):
-        yield {**row, **probe_columns(probe), "segment_index": i, "num_segments": len(groups),
-               "clips": clip_plans_to_arrow(group), "status": "ok", "error_type": "",
-               "error_message": ""}
+        yield {
+            **row,
+            **probe_columns(probe),
+            "segment_index": i,
+            "num_segments": len(groups),
+            "clips": clip_plans_to_arrow(group),
+            "status": "ok",
+            "error_type": "",
+            "error_message": "",
+        }
 
 
 class ProbeWorker:
     """Ray actor: task rows in, segment rows out (see the module docstring)."""
 
-    def __init__(self, *, sampling: dict[str, Any], storage_options: Mapping[str, Any],
-                 timeout_s: float, isolated: bool):
+    def __init__(
+        self,
+        *,
+        sampling: dict[str, Any],
+        storage_options: Mapping[str, Any],
+        timeout_s: float,
+        isolated: bool,
+    ):
         from pipeline.child_process import IsolatedDecoder
 
         self.args = (sampling, dict(storage_options))

@@ -38,7 +38,7 @@ class VideoTask:
         return asdict(self)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "VideoTask":
+    def from_row(cls, row: dict[str, Any]) -> VideoTask:
         return cls(**{k: row.get(k) for k in cls.__dataclass_fields__})
 
 
@@ -93,8 +93,10 @@ class ClipPlan:
         return self.frame_indices[-1]
 
     def __repr__(self) -> str:
-        return (f"ClipPlan(#{self.clip_index}, frames {self.start_frame}..{self.end_frame} "
-                f"x{len(self.frame_indices)}, {self.start_s:.2f}-{self.end_s:.2f}s)")
+        return (
+            f"ClipPlan(#{self.clip_index}, frames {self.start_frame}..{self.end_frame} "
+            f"x{len(self.frame_indices)}, {self.start_s:.2f}-{self.end_s:.2f}s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -112,22 +114,36 @@ class SegmentTask:
             "segment_index": self.segment_index,
             "num_segments": self.num_segments,
             "clips": [
-                {"clip_index": c.clip_index, "frame_indices": list(c.frame_indices),
-                 "start_s": c.start_s, "end_s": c.end_s}
+                {
+                    "clip_index": c.clip_index,
+                    "frame_indices": list(c.frame_indices),
+                    "start_s": c.start_s,
+                    "end_s": c.end_s,
+                }
                 for c in self.clips
             ],
         }
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "SegmentTask":
+    def from_row(cls, row: dict[str, Any]) -> SegmentTask:
         clips = tuple(
-            ClipPlan(int(c["clip_index"]), tuple(int(i) for i in c["frame_indices"]),
-                     float(c["start_s"]), float(c["end_s"]))
+            ClipPlan(
+                int(c["clip_index"]),
+                tuple(int(i) for i in c["frame_indices"]),
+                float(c["start_s"]),
+                float(c["end_s"]),
+            )
             for c in row["clips"]
         )
-        return cls(VideoTask.from_row(row["video"]), int(row["segment_index"]),
-                   int(row["num_segments"]), clips)
+        return cls(
+            VideoTask.from_row(row["video"]),
+            int(row["segment_index"]),
+            int(row["num_segments"]),
+            clips,
+        )
 
     def __repr__(self) -> str:
-        return (f"SegmentTask({self.video.video_uri!r}, segment {self.segment_index + 1}/"
-                f"{self.num_segments}, {len(self.clips)} clips)")
+        return (
+            f"SegmentTask({self.video.video_uri!r}, segment {self.segment_index + 1}/"
+            f"{self.num_segments}, {len(self.clips)} clips)"
+        )

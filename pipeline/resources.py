@@ -38,15 +38,19 @@ def fit_resources(spec: JobSpec, ray) -> StageResources:
     largest node's CPUs (an actor runs on one node). Torch threads still follow the spec's own
     ``num_cpus``."""
     total_cpu = float(ray.cluster_resources().get("CPU", 1))
-    node_cpu = max((float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
-                   default=total_cpu)
+    node_cpu = max(
+        (float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
+        default=total_cpu,
+    )
     total_gpu = float(ray.cluster_resources().get("GPU", 0))
     decode = spec.decode.actors * spec.decode.num_cpus
     models = [m.actors * m.num_cpus for m in spec.models]
     budget = max(0.5, total_cpu - SMALL_STAGES_CPUS)
     scale = min(1.0, budget / max(1e-9, decode + sum(models)))
-    gpus = [(m.num_gpus if m.num_gpus is not None else (1.0 if total_gpu >= 1 else 0.0))
-            for m in spec.models]
+    gpus = [
+        (m.num_gpus if m.num_gpus is not None else (1.0 if total_gpu >= 1 else 0.0))
+        for m in spec.models
+    ]
 
     def fit(cpus: float) -> float:
         return min(cpus * scale, max(0.1, node_cpu - SMALL_STAGES_CPUS))

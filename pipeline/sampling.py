@@ -42,8 +42,10 @@ def plan_clips(num_frames: int, fps: float, sampling: SamplingSpec) -> list[Clip
         starts = list(range(0, num_frames - span + 1, stride))
     clips = []
     for index, start in enumerate(starts):
-        frames = tuple(min(start + j * sampling.frame_interval, num_frames - 1)
-                       for j in range(sampling.clip_len))
+        frames = tuple(
+            min(start + j * sampling.frame_interval, num_frames - 1)
+            for j in range(sampling.clip_len)
+        )
         clips.append(ClipPlan(index, frames, frames[0] / fps, (frames[-1] + 1) / fps))
     return clips
 

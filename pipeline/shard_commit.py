@@ -20,17 +20,17 @@ import socket
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.archive import iter_archive
 from pipeline.output import clips_file, marker_file, publish, staging_dir, videos_file
 from pipeline.rows import PROBE_PREFIX
 from pipeline.shard_writer import LEDGER, SEGMENT, clips_part_dir, parquet_bytes
-from pipeline.archive import iter_archive
 from pipeline.shards import ShardMarker, iter_shards
 from pipeline.tables import VIDEOS_SCHEMA
 from pipeline.uris import filesystem, join, redact_uri
@@ -44,7 +44,9 @@ RETRY_ON_RESUME = frozenset({"SourceRead", "WorkerCrash", "Incomplete", "ModelEr
 ROW_GROUP_ROWS = 65536
 
 
-def _read_parts(folder: str, rels: list[str], storage_options: Mapping[str, Any]) -> pa.Table | None:
+def _read_parts(
+    folder: str, rels: list[str], storage_options: Mapping[str, Any]
+) -> pa.Table | None:
     tables = []
     for rel in rels:
         fs, path = filesystem(join(folder, rel), storage_options)
@@ -69,7 +71,7 @@ def _first_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
     """Rows of ``table`` with the first occurrence of each key (repeats come from retries)."""
     seen: set[tuple] = set()
     keep = []
-    for i, key in enumerate(zip(*(table.column(k).to_pylist() for k in keys))):
+    for _i, key in enumerate(zip(*(table.column(k).to_pylist() for k in keys))):
         keep.append(key not in seen)
         seen.add(key)
     return table.filter(pa.array(keep, pa.bool_()))
@@ -86,22 +88,36 @@ def video_rows(ledger: pa.Table) -> tuple[list[dict[str, Any]], set[tuple[str, i
         v = videos.get(vid)
         if v is None:
             v = videos[vid] = {
-                "video_id": vid, "video_uri": redact_uri(r["video_uri"]), "bytes": r["size"],
-                "duration_s": r[PROBE_PREFIX + "duration_s"], "fps": r[PROBE_PREFIX + "fps"],
-                "num_frames": r[PROBE_PREFIX + "num_frames"], "width": r[PROBE_PREFIX + "width"],
-                "height": r[PROBE_PREFIX + "height"], "codec": r[PROBE_PREFIX + "codec"],
-                "rotation": r.get(PROBE_PREFIX + "rotation") or 0, "num_clips": 0,
-                "decode_s": 0.0, "infer_s": 0.0, "decode_backend": None, "_segments": set()}
+                "video_id": vid,
+                "video_uri": redact_uri(r["video_uri"]),
+                "bytes": r["size"],
+                "duration_s": r[PROBE_PREFIX + "duration_s"],
+                "fps": r[PROBE_PREFIX + "fps"],
+                "num_frames": r[PROBE_PREFIX + "num_frames"],
+                "width": r[PROBE_PREFIX + "width"],
+                "height": r[PROBE_PREFIX + "height"],
+                "codec": r[PROBE_PREFIX + "codec"],
+                "rotation": r.get(PROBE_PREFIX + "rotation") or 0,
+                "num_clips": 0,
+                "decode_s": 0.0,
+                "infer_s": 0.0,
+                "decode_backend": None,
+                "_segments": set(),
+            }
         v["_segments"].add(seg)
         v["decode_s"] += r["decode_s"] or 0.0
         v["infer_s"] += r["infer_s"] or 0.0
         if r["decode_backend"]:
             v["decode_backend"] = v["decode_backend"] or r["decode_backend"]
         if not r["ok"]:
-            seg_error.setdefault((vid, seg), {k: r[k] for k in ("status", "error_type", "error_message")})
+            seg_error.setdefault(
+                (vid, seg), {k: r[k] for k in ("status", "error_type", "error_message")}
+            )
         elif r["model_error"]:
-            seg_error.setdefault((vid, seg), {"status": "error", "error_type": "ModelError",
-                                              "error_message": r["model_error"]})
+            seg_error.setdefault(
+                (vid, seg),
+                {"status": "error", "error_type": "ModelError", "error_message": r["model_error"]},
+            )
         else:
             seg_clips[(vid, seg)] += 1
     out = []
@@ -110,8 +126,11 @@ def video_rows(ledger: pa.Table) -> tuple[list[dict[str, Any]], set[tuple[str, i
         errs = [seg_error[(vid, s)] for s in segments if (vid, s) in seg_error]
         err = errs[0] if errs else {"status": "ok", "error_type": None, "error_message": None}
         v["num_clips"] = sum(seg_clips[(vid, s)] for s in segments if (vid, s) not in seg_error)
-        v.update(status=err["status"], error_type=err["error_type"] or None,
-                 error_message=redact_uri(err["error_message"]) if err["error_message"] else None)
+        v.update(
+            status=err["status"],
+            error_type=err["error_type"] or None,
+            error_message=redact_uri(err["error_message"]) if err["error_message"] else None,
+        )
         out.append(v)
     return out, set(seg_error)
 
@@ -122,7 +141,7 @@ def _read_marker(output: str, index: int, storage_options: Mapping[str, Any]) ->
 
 
 def _relative(output: str, uri: str) -> str:
-    return uri[len(output.rstrip("/")) + 1:]
+    return uri[len(output.rstrip("/")) + 1 :]
 
 
 def _publish_table(uri: str, table: pa.Table | None, storage_options: Mapping[str, Any]) -> bool:
@@ -136,14 +155,21 @@ def _publish_table(uri: str, table: pa.Table | None, storage_options: Mapping[st
     return True
 
 
-def _lost_videos(rows: list[dict[str, Any]], incomplete: Mapping[str, str], relist: Relist,
-                 index: int, expected: set[str] | None) -> list[dict[str, Any]]:
+def _lost_videos(
+    rows: list[dict[str, Any]],
+    incomplete: Mapping[str, str],
+    relist: Relist,
+    index: int,
+    expected: set[str] | None,
+) -> list[dict[str, Any]]:
     """Mark videos with segments that never came back as ``Incomplete`` (unless they already
     failed), and give a row to each video of the shard that never reached a writer at all
     (found by listing the shard again: only done for a shard the stream left incomplete)."""
     for r in rows:
         if r["video_id"] in incomplete and r["status"] == "ok":
-            r.update(status="error", error_type="Incomplete", error_message=incomplete[r["video_id"]])
+            r.update(
+                status="error", error_type="Incomplete", error_message=incomplete[r["video_id"]]
+            )
     seen = {r["video_id"] for r in rows}
     for shard in iter_shards(iter_archive(relist.input, relist.storage_options), relist.shard_size):
         if shard.index < index:
@@ -151,11 +177,20 @@ def _lost_videos(rows: list[dict[str, Any]], incomplete: Mapping[str, str], reli
         for task in shard.tasks:
             if task.video_id in seen or (expected is not None and task.video_id not in expected):
                 continue
-            rows.append({"video_id": task.video_id, "video_uri": redact_uri(task.video_uri),
-                         "bytes": task.size, "num_clips": 0, "status": "error",
-                         "error_type": "Incomplete",
-                         "error_message": "the video never came back from the workers",
-                         "decode_s": 0.0, "infer_s": 0.0, "rotation": 0})
+            rows.append(
+                {
+                    "video_id": task.video_id,
+                    "video_uri": redact_uri(task.video_uri),
+                    "bytes": task.size,
+                    "num_clips": 0,
+                    "status": "error",
+                    "error_type": "Incomplete",
+                    "error_message": "the video never came back from the workers",
+                    "decode_s": 0.0,
+                    "infer_s": 0.0,
+                    "rotation": 0,
+                }
+            )
         break
     return rows
 
@@ -169,10 +204,18 @@ class Relist:
     shard_size: int
 
 
-def commit_shard(*, output: str, storage_options: Mapping[str, Any], index: int, key: str,
-                 parts: list[str], models: list[str], merge_with_committed: bool,
-                 incomplete: Mapping[str, str] | None = None, relist: Relist | None = None
-                 ) -> dict[str, Any]:
+def commit_shard(
+    *,
+    output: str,
+    storage_options: Mapping[str, Any],
+    index: int,
+    key: str,
+    parts: list[str],
+    models: list[str],
+    merge_with_committed: bool,
+    incomplete: Mapping[str, str] | None = None,
+    relist: Relist | None = None,
+) -> dict[str, Any]:
     """Merge shard ``index``'s parts into its files, publish its marker; returns its counts.
 
     ``incomplete`` (video_id -> message) and ``relist`` are given for a shard the stream ended
@@ -197,16 +240,22 @@ def commit_shard(*, output: str, storage_options: Mapping[str, Any], index: int,
             videos = pa.concat_tables([old.cast(VIDEOS_SCHEMA), videos])
     files, clips, labels = [], 0, Counter()
     for model in models:
-        table = _read_parts(folder, [p for p in parts if p.startswith(clips_part_dir(model) + "/")],
-                            storage_options)
+        table = _read_parts(
+            folder, [p for p in parts if p.startswith(clips_part_dir(model) + "/")], storage_options
+        )
         if table is not None:
-            bad = [(v, s) for v, s in zip(table.column("video_id").to_pylist(),
-                                           table.column(SEGMENT).to_pylist())]
+            bad = [
+                (v, s)
+                for v, s in zip(
+                    table.column("video_id").to_pylist(), table.column(SEGMENT).to_pylist()
+                )
+            ]
             table = table.filter(pa.array([pair not in failed for pair in bad], pa.bool_()))
             table = _first_per_key(table, ["video_id", "clip_index"]).drop_columns([SEGMENT])
         if merge_with_committed:
-            old = _without_videos(_read_committed(clips_file(output, index, model), storage_options),
-                                  redone)
+            old = _without_videos(
+                _read_committed(clips_file(output, index, model), storage_options), redone
+            )
             if old is not None:
                 table = old if table is None else pa.concat_tables([old, table.cast(old.schema)])
         if table is not None:
@@ -218,24 +267,43 @@ def commit_shard(*, output: str, storage_options: Mapping[str, Any], index: int,
     videos = videos.sort_by("video_id")
     _publish_table(videos_file(output, index), videos, storage_options)
     statuses = Counter(videos.column("status").to_pylist())
-    failures = [r for r in videos.select(["video_id", "video_uri", "status", "error_type",
-                                          "error_message"]).to_pylist()
-                if r["status"] in ("error", "timeout")]
+    failures = [
+        r
+        for r in videos.select(
+            ["video_id", "video_uri", "status", "error_type", "error_message"]
+        ).to_pylist()
+        if r["status"] in ("error", "timeout")
+    ]
     marker = ShardMarker(
-        index=index, key=key, videos=videos.num_rows, clips=clips, statuses=dict(statuses),
+        index=index,
+        key=key,
+        videos=videos.num_rows,
+        clips=clips,
+        statuses=dict(statuses),
         failures_by_type=dict(Counter(f["error_type"] for f in failures)),
         retry=sorted(f["video_id"] for f in failures if f["error_type"] in RETRY_ON_RESUME),
         files=files + [_relative(output, videos_file(output, index))],
-        node_id=ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname(),
-        committed_at=datetime.now(timezone.utc).isoformat())
-    publish(marker_file(output, index), json.dumps(marker.to_json(), sort_keys=True).encode(),
-            storage_options)
+        node_id=ray.get_runtime_context().get_node_id()
+        if ray.is_initialized()
+        else socket.gethostname(),
+        committed_at=datetime.now(UTC).isoformat(),
+    )
+    publish(
+        marker_file(output, index),
+        json.dumps(marker.to_json(), sort_keys=True).encode(),
+        storage_options,
+    )
     fs, path = filesystem(folder, storage_options)
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    return {"index": index, "videos_processed": len(rows), "marker": marker.to_json(),
-            "failures": [f for f in failures if f["video_id"] in redone],
-            "labels": dict(labels), "decode_s": float(sum(r["decode_s"] for r in rows)),
-            "infer_s": float(sum(r["infer_s"] for r in rows)),
-            "statuses": dict(Counter(r["status"] for r in rows)),
-            "clips_new": sum(r["num_clips"] for r in rows)}
+    return {
+        "index": index,
+        "videos_processed": len(rows),
+        "marker": marker.to_json(),
+        "failures": [f for f in failures if f["video_id"] in redone],
+        "labels": dict(labels),
+        "decode_s": float(sum(r["decode_s"] for r in rows)),
+        "infer_s": float(sum(r["infer_s"] for r in rows)),
+        "statuses": dict(Counter(r["status"] for r in rows)),
+        "clips_new": sum(r["num_clips"] for r in rows),
+    }

@@ -46,9 +46,12 @@ class OpenShard:
 
     def incomplete_videos(self) -> dict[str, str]:
         """Videos seen but not complete: video_id -> what is missing."""
-        return {vid: f"{n - self.segments_done.get(vid, 0)} of {n} segments never came back "
-                     "from the workers"
-                for vid, n in self.num_segments.items() if self.segments_done.get(vid, 0) < n}
+        return {
+            vid: f"{n - self.segments_done.get(vid, 0)} of {n} segments never came back "
+            "from the workers"
+            for vid, n in self.num_segments.items()
+            if self.segments_done.get(vid, 0) < n
+        }
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,9 @@ class ShardTracker:
                 continue  # repeated by a retried task after the shard was handed to its commit
             shard = self.open.get(r[SHARD])
             if shard is None:
-                shard = self.open[r[SHARD]] = OpenShard(r[SHARD], r[SHARD_KEY], r[SHARD_VIDEOS],
-                                                        r[SHARD_BASE])
+                shard = self.open[r[SHARD]] = OpenShard(
+                    r[SHARD], r[SHARD_KEY], r[SHARD_VIDEOS], r[SHARD_BASE]
+                )
             shard.parts.update(r["parts"])
             if r["done_at"] is not None:
                 self.first_clip_at = min(self.first_clip_at or r["done_at"], r["done_at"])
@@ -106,8 +110,9 @@ class ShardTracker:
     def _close(self, index: int, incomplete: dict[str, str]) -> ReadyShard:
         shard = self.open.pop(index)
         self.closed.add(index)
-        return ReadyShard(index, shard.key, sorted(shard.parts), shard.merge_with_committed,
-                          incomplete)
+        return ReadyShard(
+            index, shard.key, sorted(shard.parts), shard.merge_with_committed, incomplete
+        )
 
     def close_all(self) -> list[ReadyShard]:
         """The shards still open when the stream ended (rows lost on the way): committed with

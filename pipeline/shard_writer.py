@@ -43,9 +43,22 @@ from pipeline.uris import join, redact_uri, with_retries, write_bytes_atomic
 
 LEDGER = "ledger"
 SEGMENT = "_segment"
-LEDGER_COLUMNS = ("video_id", "video_uri", "size", "label", *PROBE_COLUMNS, "segment_index",
-                  "num_segments", "clip_index", "ok", "decode_s", "decode_backend", "status",
-                  "error_type", "error_message")
+LEDGER_COLUMNS = (
+    "video_id",
+    "video_uri",
+    "size",
+    "label",
+    *PROBE_COLUMNS,
+    "segment_index",
+    "num_segments",
+    "clip_index",
+    "ok",
+    "decode_s",
+    "decode_backend",
+    "status",
+    "error_type",
+    "error_message",
+)
 
 
 def clips_part_dir(key: str) -> str:
@@ -63,7 +76,7 @@ def _redacted(column: pa.ChunkedArray) -> pa.Array:
 
 
 def clip_rows(part: pa.Table, key: str, job_id: str, version: str) -> pa.Table:
-    """The ``clips`` table rows of model ``key`` for the ok clips of ``part`` (plus ``_segment``)."""
+    """The ``clips`` rows of model ``key`` for the ok clips of ``part`` (plus ``_segment``)."""
     keep = pc.and_(part.column("ok"), pc.is_null(part.column(model_column(key, "error"))))
     part = part.filter(keep)
     feature = part.column(model_column(key, "feature"))
@@ -108,20 +121,42 @@ def ledger_rows(part: pa.Table, keys: list[str]) -> pa.Table:
 
 def status_rows(part: pa.Table, parts: list[str], done_at: float | None) -> list[dict[str, Any]]:
     groups: dict[tuple[str, int], dict[str, Any]] = {}
-    cols = {name: part.column(name).to_pylist() for name in (
-        "video_id", "segment_index", "num_segments", "clips_in_segment", "clip_index", "ok",
-        "emitted_before_error", SHARD, SHARD_VIDEOS, SHARD_BASE, SHARD_KEY)}
+    cols = {
+        name: part.column(name).to_pylist()
+        for name in (
+            "video_id",
+            "segment_index",
+            "num_segments",
+            "clips_in_segment",
+            "clip_index",
+            "ok",
+            "emitted_before_error",
+            SHARD,
+            SHARD_VIDEOS,
+            SHARD_BASE,
+            SHARD_KEY,
+        )
+    }
     for i in range(part.num_rows):
         key = (cols["video_id"][i], cols["segment_index"][i])
         row = groups.get(key)
         if row is None:
             row = groups[key] = {
-                SHARD: cols[SHARD][i], SHARD_VIDEOS: cols[SHARD_VIDEOS][i],
-                SHARD_BASE: cols[SHARD_BASE][i], SHARD_KEY: cols[SHARD_KEY][i], "video_id": key[0], "segment_index": key[1],
+                SHARD: cols[SHARD][i],
+                SHARD_VIDEOS: cols[SHARD_VIDEOS][i],
+                SHARD_BASE: cols[SHARD_BASE][i],
+                SHARD_KEY: cols[SHARD_KEY][i],
+                "video_id": key[0],
+                "segment_index": key[1],
                 "num_segments": cols["num_segments"][i],
-                "clips_in_segment": cols["clips_in_segment"][i], "clip_indices": [],
-                "failed": False, "emitted_before_error": 0, "parts": parts, "done_at": done_at,
-                "bytes_received": 0}
+                "clips_in_segment": cols["clips_in_segment"][i],
+                "clip_indices": [],
+                "failed": False,
+                "emitted_before_error": 0,
+                "parts": parts,
+                "done_at": done_at,
+                "bytes_received": 0,
+            }
         if cols["ok"][i]:
             row["clip_indices"].append(cols["clip_index"][i])
         else:
@@ -130,8 +165,15 @@ def status_rows(part: pa.Table, parts: list[str], done_at: float | None) -> list
     return list(groups.values())
 
 
-def write_parts(batch: pa.Table, *, output: str, storage_options: Mapping[str, Any],
-                job_id: str, models: list[str], versions: Mapping[str, str]) -> pa.Table:
+def write_parts(
+    batch: pa.Table,
+    *,
+    output: str,
+    storage_options: Mapping[str, Any],
+    job_id: str,
+    models: list[str],
+    versions: Mapping[str, str],
+) -> pa.Table:
     """The writer stage's function (a Ray Data ``map_batches`` task)."""
     out: list[dict[str, Any]] = []
     last_done = model_column(models[-1], "done_at")
@@ -141,15 +183,19 @@ def write_parts(batch: pa.Table, *, output: str, storage_options: Mapping[str, A
         folder = join(output, STAGING_DIR, shard_name(int(shard)))
         name = f"part-{uuid.uuid4().hex}.parquet"
         parts = []
-        tables = [(f"{clips_part_dir(k)}/{name}", clip_rows(part, k, job_id, versions.get(k, "")))
-                  for k in models]
+        tables = [
+            (f"{clips_part_dir(k)}/{name}", clip_rows(part, k, job_id, versions.get(k, "")))
+            for k in models
+        ]
         tables.append((f"{LEDGER}/{name}", ledger_rows(part, models)))
         for rel, table in tables:
             if table.num_rows or rel.startswith(LEDGER):
                 data = parquet_bytes(table)
                 uri = join(folder, rel)
-                with_retries(lambda u=uri, d=data: write_bytes_atomic(u, d, storage_options),
-                             f"writing {redact_uri(uri)}")
+                with_retries(
+                    lambda u=uri, d=data: write_bytes_atomic(u, d, storage_options),
+                    f"writing {redact_uri(uri)}",
+                )
                 parts.append(rel)
         ok = part.column("ok").to_numpy(zero_copy_only=False)
         done = part.column(last_done).to_numpy(zero_copy_only=False)

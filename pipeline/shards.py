@@ -99,7 +99,7 @@ class ShardMarker:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "ShardMarker":
+    def from_json(cls, doc: dict[str, Any]) -> ShardMarker:
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pipeline import errors
 from pipeline.records import VideoTask
@@ -43,11 +44,18 @@ def read_source(task: VideoTask, storage_options: Mapping[str, Any] | None = Non
     try:
         if task.container == "tar":
             start = int(task.data_offset or 0)
-            data = with_retries(lambda: fs.cat_file(path, start=start, end=start + task.size),
-                                f"reading {uri}") if task.size else b""
+            data = (
+                with_retries(
+                    lambda: fs.cat_file(path, start=start, end=start + task.size), f"reading {uri}"
+                )
+                if task.size
+                else b""
+            )
             if len(data) < task.size:
                 raise errors.TruncatedError(
-                    f"tar member {uri} holds {len(data)} of its {task.size} bytes (the shard is cut)")
+                    f"tar member {uri} holds {len(data)} of its {task.size} bytes "
+                    "(the shard is cut)"
+                )
         elif task.container == "zip":
             data = _read_zip_member(fs, path, task.member or "", uri)
         elif "local" in _protocols(fs) or "file" in _protocols(fs):

@@ -113,7 +113,7 @@ class JobSpec(_Strict):
     mlflow: MlflowSpec = MlflowSpec()
 
     @model_validator(mode="after")
-    def _unique_model_keys(self) -> "JobSpec":
+    def _unique_model_keys(self) -> JobSpec:
         keys = [m.output_key for m in self.models]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
@@ -129,7 +129,9 @@ class JobSpec(_Strict):
             "sampling": self.sampling.model_dump(),
             "models": [m.model_dump() for m in self.models],
         }
-        return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
 
 def parse_spec(data: dict[str, Any]) -> JobSpec:
@@ -146,7 +148,8 @@ def parse_spec(data: dict[str, Any]) -> JobSpec:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (value parsed as TOML, else a string); list items by index."""
+    """Apply ``key.path=value`` overrides (value parsed as TOML, else a string); list items by
+    index."""
     data = json.loads(json.dumps(data))
     for item in overrides:
         if "=" not in item:
@@ -159,10 +162,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node: Any = data
         parts = path.strip().split(".")
         for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         last = parts[-1]
         if isinstance(node, list):
             node[int(last)] = value

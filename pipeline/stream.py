@@ -12,8 +12,8 @@ import pyarrow as pa
 
 from pipeline.decode_stage import DecodeWorker
 from pipeline.listing_source import ShardListingDatasource
-from pipeline.models import infer_task
 from pipeline.model_stage import ModelWorker
+from pipeline.models import infer_task
 from pipeline.probe_stage import ProbeWorker
 from pipeline.resources import LISTING_CPUS, PROBE_CPUS, WRITER_CPUS, bound_memory, fit_resources
 from pipeline.shard_writer import write_parts
@@ -25,54 +25,90 @@ from pipeline.spec import JobSpec
 PROBE_BATCH = 8
 
 
-def build_stream(spec: JobSpec, ray, *, job_id: str, run: str, markers: Mapping[int, ShardMarker],
-                 versions: Mapping[str, str]):
+def build_stream(
+    spec: JobSpec,
+    ray,
+    *,
+    job_id: str,
+    run: str,
+    markers: Mapping[int, ShardMarker],
+    versions: Mapping[str, str],
+):
     import ray.data as rd
 
     res = fit_resources(spec, ray)
     ds = rd.read_datasource(
-        ShardListingDatasource(input_uri=spec.input, storage_options=spec.storage_options,
-                               shard_size=spec.shard_size, markers=markers, output=spec.output,
-                               run=run),
-        num_cpus=LISTING_CPUS, override_num_blocks=1)
+        ShardListingDatasource(
+            input_uri=spec.input,
+            storage_options=spec.storage_options,
+            shard_size=spec.shard_size,
+            markers=markers,
+            output=spec.output,
+            run=run,
+        ),
+        num_cpus=LISTING_CPUS,
+        override_num_blocks=1,
+    )
     bound_memory(ds, spec)
     ds = ds.map_batches(
         ProbeWorker,
-        fn_constructor_kwargs={"sampling": spec.sampling.model_dump(),
-                               "storage_options": spec.storage_options,
-                               "timeout_s": spec.decode.timeout_s,
-                               "isolated": spec.decode.isolation == "process"},
-        batch_size=PROBE_BATCH, batch_format="pyarrow",
-        compute=rd.ActorPoolStrategy(size=1), num_cpus=PROBE_CPUS)
+        fn_constructor_kwargs={
+            "sampling": spec.sampling.model_dump(),
+            "storage_options": spec.storage_options,
+            "timeout_s": spec.decode.timeout_s,
+            "isolated": spec.decode.isolation == "process",
+        },
+        batch_size=PROBE_BATCH,
+        batch_format="pyarrow",
+        compute=rd.ActorPoolStrategy(size=1),
+        num_cpus=PROBE_CPUS,
+    )
     ds = ds.flat_map(
         DecodeWorker,
-        fn_constructor_kwargs={"sampling": spec.sampling.model_dump(), "decode": spec.decode.model_dump(),
-                               "storage_options": spec.storage_options,
-                               "want_packet_sizes": any(infer_task(m) == "enhance" for m in spec.models)},
-        compute=rd.ActorPoolStrategy(size=spec.decode.actors), num_cpus=res.decode_cpus)
+        fn_constructor_kwargs={
+            "sampling": spec.sampling.model_dump(),
+            "decode": spec.decode.model_dump(),
+            "storage_options": spec.storage_options,
+            "want_packet_sizes": any(infer_task(m) == "enhance" for m in spec.models),
+        },
+        compute=rd.ActorPoolStrategy(size=spec.decode.actors),
+        num_cpus=res.decode_cpus,
+    )
     for i, model in enumerate(spec.models):
         ds = ds.map_batches(
             ModelWorker,
-            fn_constructor_kwargs={"model": model.model_dump(), "output": spec.output,
-                                   "storage_options": spec.storage_options,
-                                   "tracking_uri": spec.mlflow.tracking_uri,
-                                   "drop_frames": i == len(spec.models) - 1,
-                                   "clip_shape": (spec.sampling.clip_len, *spec.sampling.size)},
-            batch_size=model.batch_size, batch_format="pyarrow",
+            fn_constructor_kwargs={
+                "model": model.model_dump(),
+                "output": spec.output,
+                "storage_options": spec.storage_options,
+                "tracking_uri": spec.mlflow.tracking_uri,
+                "drop_frames": i == len(spec.models) - 1,
+                "clip_shape": (spec.sampling.clip_len, *spec.sampling.size),
+            },
+            batch_size=model.batch_size,
+            batch_format="pyarrow",
             compute=rd.ActorPoolStrategy(size=model.actors),
-            num_cpus=res.model_cpus[i], num_gpus=res.model_gpus[i] or None)
+            num_cpus=res.model_cpus[i],
+            num_gpus=res.model_gpus[i] or None,
+        )
     return ds.map_batches(
         write_parts,
-        fn_kwargs={"output": spec.output, "storage_options": spec.storage_options,
-                   "job_id": job_id, "models": [m.output_key for m in spec.models],
-                   "versions": dict(versions)},
+        fn_kwargs={
+            "output": spec.output,
+            "storage_options": spec.storage_options,
+            "job_id": job_id,
+            "models": [m.output_key for m in spec.models],
+            "versions": dict(versions),
+        },
         # Each block the last model returns is written as it comes (one part file per model
         # batch and shard): bundling blocks into bigger parts would hold back the commit of a
         # shard, and the progress it shows, until enough rows arrived.
-        batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS)
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=WRITER_CPUS,
+    )
 
 
 def iter_status(ds) -> Iterator[pa.Table]:
     """The status rows, a batch at a time, as the writers return them."""
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
-

@@ -89,8 +89,9 @@ def read_timeline(src: Source, fps: float) -> Timeline:
                 if not packet.size:
                     continue
                 stamp = packet.pts if packet.pts is not None else packet.dts
-                times.append((None if stamp is None or not tb else stamp * tb,
-                              (packet.duration or 0) * tb))
+                times.append(
+                    (None if stamp is None or not tb else stamp * tb, (packet.duration or 0) * tb)
+                )
     finally:
         if isinstance(src, io.BytesIO):
             src.seek(0)

@@ -34,14 +34,39 @@ from typing import BinaryIO
 
 from pipeline import errors
 
-ISO_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid",
-                       b"styp", b"sidx", b"moof", b"meta", b"pdin"})
+ISO_BOXES = frozenset(
+    {
+        b"ftyp",
+        b"moov",
+        b"mdat",
+        b"free",
+        b"skip",
+        b"wide",
+        b"pnot",
+        b"uuid",
+        b"styp",
+        b"sidx",
+        b"moof",
+        b"meta",
+        b"pdin",
+    }
+)
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _MKV_SEGMENT = 0x18538067
 _MKV_CLUSTER = 0x1F43B675
 # Elements that may follow a cluster at the segment's level: an unknown-size cluster ends there.
-_MKV_SEGMENT_CHILDREN = frozenset({0x114D9B74, 0x1549A966, 0x1654AE6B, _MKV_CLUSTER, 0x1C53BB6B,
-                                   0x1254C367, 0x1043A770, 0x1941A469})
+_MKV_SEGMENT_CHILDREN = frozenset(
+    {
+        0x114D9B74,
+        0x1549A966,
+        0x1654AE6B,
+        _MKV_CLUSTER,
+        0x1C53BB6B,
+        0x1254C367,
+        0x1043A770,
+        0x1941A469,
+    }
+)
 _ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 _PS_PACK = b"\x00\x00\x01\xba"
 _TAIL = 1 << 17  # bytes searched at the end for the last MPEG-PS pack / Ogg page (pages <= 64 KiB)
@@ -81,7 +106,8 @@ def check_complete(f: BinaryIO, size: int) -> None:
 
 def _cut(what: str, pos: int, needs: int, size: int) -> errors.TruncatedError:
     return errors.TruncatedError(
-        f"file cut: {what} at byte {pos} needs {needs} bytes, the file ends at {size}")
+        f"file cut: {what} at byte {pos} needs {needs} bytes, the file ends at {size}"
+    )
 
 
 def _check_iso(f: BinaryIO, size: int) -> None:
@@ -102,7 +128,8 @@ def _check_iso(f: BinaryIO, size: int) -> None:
             if kind in (b"mdat", b"moov", b"moof") or "moov" not in seen:
                 raise errors.TruncatedError(
                     f"file cut: MP4 box {name!r} at byte {pos} needs {box_size} bytes, the "
-                    f"file ends at {size} (complete boxes before it: {', '.join(seen) or 'none'})")
+                    f"file ends at {size} (complete boxes before it: {', '.join(seen) or 'none'})"
+                )
             return
         seen.append(name)
         pos += box_size
@@ -249,8 +276,7 @@ def is_mpegts(head: bytes) -> bool:
 
 def _is_ts(head: bytes, packet: int) -> bool:
     sync = packet - 188  # 192-byte M2TS packets carry a 4-byte timecode before the sync byte
-    return len(head) > 2 * packet + sync and all(
-        head[sync + k * packet] == 0x47 for k in range(3))
+    return len(head) > 2 * packet + sync and all(head[sync + k * packet] == 0x47 for k in range(3))
 
 
 def _check_ts(head: bytes, size: int) -> None:
@@ -258,7 +284,8 @@ def _check_ts(head: bytes, size: int) -> None:
     if size % packet:
         raise errors.TruncatedError(
             f"file cut: MPEG-TS of {packet}-byte packets ends {size % packet} bytes into a "
-            f"packet (file size {size})")
+            f"packet (file size {size})"
+        )
 
 
 def _check_flv(f: BinaryIO, size: int) -> None:
@@ -269,7 +296,8 @@ def _check_flv(f: BinaryIO, size: int) -> None:
     tag = size - 4 - last
     if last < 11 or tag < 13:
         raise errors.TruncatedError(
-            f"file cut: the last 4 bytes of the FLV file ({last}) are not the size of a tag")
+            f"file cut: the last 4 bytes of the FLV file ({last}) are not the size of a tag"
+        )
     f.seek(tag)
     kind, length = struct.unpack(">B3s", f.read(4))
     if kind & 0x1F not in (8, 9, 18) or 11 + int.from_bytes(length, "big") != last:
@@ -281,7 +309,7 @@ def _check_ogg(f: BinaryIO, size: int) -> None:
     f.seek(start)
     tail = f.read()
     at = tail.rfind(b"OggS")
-    while at >= 0 and tail[at + 4:at + 5] not in (b"\x00", b""):
+    while at >= 0 and tail[at + 4 : at + 5] not in (b"\x00", b""):
         at = tail.rfind(b"OggS", 0, at)  # "OggS" inside a payload: version byte is not 0
     if at < 0:
         return
@@ -289,7 +317,7 @@ def _check_ogg(f: BinaryIO, size: int) -> None:
     if pos + 27 > size:
         raise _cut("Ogg page header", pos, 27, size)
     flags, segments = tail[at + 5], tail[at + 26]
-    table = tail[at + 27:at + 27 + segments]
+    table = tail[at + 27 : at + 27 + segments]
     length = 27 + segments + sum(table)
     if len(table) < segments or pos + length > size:
         raise _cut("Ogg page", pos, length, size)
@@ -314,8 +342,13 @@ def _check_y4m(f: BinaryIO, size: int) -> None:
     if base is None:
         return
     cw, ch = (width + 1) // 2, (height + 1) // 2
-    chroma = {"420": 2 * cw * ch, "422": 2 * cw * height, "444": 2 * width * height,
-              "mono": 0, "444alpha": 3 * width * height}[base]
+    chroma = {
+        "420": 2 * cw * ch,
+        "422": 2 * cw * height,
+        "444": 2 * width * height,
+        "mono": 0,
+        "444alpha": 3 * width * height,
+    }[base]
     picture = (width * height + chroma) * (2 if deep else 1)
     pos = len(line) + 1
     while pos < size:

@@ -24,12 +24,27 @@ def test_bench_quick_runs_every_suite(tmp_path):
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=850, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
-    for heading in ("Decode, every frame", "Sparse sampling", "Overlap", "Peers:", "Memory:",
-                    "Blocks:", "frame-average (efficientnet-lite0) on CPU", "Scaling on paper"):
+    for heading in (
+        "Decode, every frame",
+        "Sparse sampling",
+        "Overlap",
+        "Peers:",
+        "Memory:",
+        "Blocks:",
+        "frame-average (efficientnet-lite0) on CPU",
+        "Scaling on paper",
+    ):
         assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
     results = REPO / "bench" / "results"
     for name in ("decode", "blocks", "overlap", "memory", "peers"):

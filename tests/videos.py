@@ -10,7 +10,8 @@ was encoded. Patterns:
   robustly to lossy codecs and to resizing at decode, so a test can tell WHICH frames a sampler
   or decoder returned.
 - ``"static"``: the same gradient on every frame (zero motion).
-- ``"photo"``: scikit-image's cat photo with a slow pan and zoom (``pipeline.demo_archive.ken_burns``),
+- ``"photo"``: scikit-image's cat photo with a slow pan and zoom
+  (``pipeline.demo_archive.ken_burns``),
   for classifiers.
 
 Codecs and containers (chosen by the path's suffix):
@@ -51,8 +52,8 @@ import io
 import os
 import tarfile
 import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
-from typing import Iterable, Mapping, Sequence
 
 import av
 import numpy as np
@@ -84,8 +85,15 @@ def synth_frames(
         from pipeline.demo_archive import SAMPLES, ken_burns, load_photo
 
         cat = SAMPLES[0]
-        return ken_burns(load_photo(cat), num_frames, size, center=cat.center, zoom=cat.zoom,
-                         pan=cat.pan, seed=seed)
+        return ken_burns(
+            load_photo(cat),
+            num_frames,
+            size,
+            center=cat.center,
+            zoom=cat.zoom,
+            pan=cat.pan,
+            seed=seed,
+        )
     if pattern == "index":
         if num_frames > 2 ** (_INDEX_GRID * _INDEX_GRID):
             raise ValueError(f"the index pattern encodes at most 65536 frames, got {num_frames}")
@@ -127,7 +135,7 @@ def frame_index_of(frame: np.ndarray) -> int:
         # Sample the middle half of each cell, away from blurred edges.
         y0, y1 = (4 * r + 1) * height // 16, (4 * r + 3) * height // 16
         x0, x1 = (4 * c + 1) * width // 16, (4 * c + 3) * width // 16
-        bit = grey[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].mean() > 127
+        bit = grey[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)].mean() > 127
         value = (value << 1) | int(bit)
     return value
 
@@ -289,8 +297,16 @@ def make_manifest(
     return path
 
 
-def _write(path: str, frames: np.ndarray, codec: str, *, time_base: Fraction, pts: list[int],
-           rate: Fraction | None, gop: int | None = None) -> None:
+def _write(
+    path: str,
+    frames: np.ndarray,
+    codec: str,
+    *,
+    time_base: Fraction,
+    pts: list[int],
+    rate: Fraction | None,
+    gop: int | None = None,
+) -> None:
     if codec not in CODEC_CONTAINERS:
         raise ValueError(f"codec must be one of {sorted(CODEC_CONTAINERS)}, got {codec!r}")
     suffix = os.path.splitext(path)[1].lower()
@@ -329,8 +345,10 @@ def _index_frame(index: int, width: int, height: int) -> np.ndarray:
     for cell in range(bits):
         if (index >> (bits - 1 - cell)) & 1:
             r, c = divmod(cell, _INDEX_GRID)
-            frame[r * height // _INDEX_GRID:(r + 1) * height // _INDEX_GRID,
-                  c * width // _INDEX_GRID:(c + 1) * width // _INDEX_GRID] = 255
+            frame[
+                r * height // _INDEX_GRID : (r + 1) * height // _INDEX_GRID,
+                c * width // _INDEX_GRID : (c + 1) * width // _INDEX_GRID,
+            ] = 255
     return frame
 
 

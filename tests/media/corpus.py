@@ -77,8 +77,12 @@ class Entry:
             from PIL import Image
 
             width = round(self.size[0] * float(self.sar))
-            frames = np.stack([np.asarray(Image.fromarray(f).resize(
-                (width, self.size[1]), Image.BILINEAR)) for f in frames])
+            frames = np.stack(
+                [
+                    np.asarray(Image.fromarray(f).resize((width, self.size[1]), Image.BILINEAR))
+                    for f in frames
+                ]
+            )
         if self.rotation:
             frames = np.rot90(frames, k=-(self.rotation // 90), axes=(1, 2))
         return np.ascontiguousarray(frames)
@@ -90,22 +94,34 @@ _NO_DECORD_TS = ("decord",)  # decord misreads MPEG-TS (see pipeline.decode.Deco
 CORPUS = [
     Entry("h264.mp4", "libx264", "h264", bframes=2),
     Entry("h264_faststart.mp4", "libx264", "h264", muxer_options={"movflags": "+faststart"}),
-    Entry("h264_fragmented.mp4", "libx264", "h264",
-          muxer_options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
-          codec_options={"g": "4"}),
+    Entry(
+        "h264_fragmented.mp4",
+        "libx264",
+        "h264",
+        muxer_options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+        codec_options={"g": "4"},
+    ),
     Entry("h264_10bit.mkv", "libx264", "h264", pix_fmt="yuv420p10le"),
     Entry("h264_444.mp4", "libx264", "h264", pix_fmt="yuv444p"),
     Entry("h264.3gp", "libx264", "h264", fmt="3gp"),
     Entry("hevc.mp4", "libx265", "hevc", codec_options={"x265-params": "log-level=error"}),
     Entry("vp9.webm", "libvpx-vp9", "vp9"),
-    Entry("vp9_live.webm", "libvpx-vp9", "vp9", muxer_options={"live": "1"},
-          fallback_from=("decord",)),  # no duration, no cues: decord cannot count its frames
+    Entry(
+        "vp9_live.webm", "libvpx-vp9", "vp9", muxer_options={"live": "1"}, fallback_from=("decord",)
+    ),  # no duration, no cues: decord cannot count its frames
     Entry("vp8.ogv", "libvpx", "vp8", fmt="ogg", fallback_from=("decord",)),
     Entry("av1.mkv", "libsvtav1", "av1", fallback_from=_NO_DECORD_AV1),
     Entry("av1.mp4", "libsvtav1", "av1", fallback_from=_NO_DECORD_AV1),
     Entry("mpeg2.mpg", "mpeg2video", "mpeg2video", fmt="vob", bframes=2, min_psnr=28.0),
-    Entry("mpeg2.ts", "mpeg2video", "mpeg2video", fmt="mpegts", bframes=2, min_psnr=28.0,
-          fallback_from=_NO_DECORD_TS),
+    Entry(
+        "mpeg2.ts",
+        "mpeg2video",
+        "mpeg2video",
+        fmt="mpegts",
+        bframes=2,
+        min_psnr=28.0,
+        fallback_from=_NO_DECORD_TS,
+    ),
     Entry("h264.ts", "libx264", "h264", fmt="mpegts", fallback_from=_NO_DECORD_TS),
     Entry("mpeg4.avi", "mpeg4", "mpeg4", bframes=2, min_psnr=28.0),
     Entry("h264.avi", "libx264", "h264", bframes=2),
@@ -122,10 +138,25 @@ CORPUS = [
     Entry("rot90.mkv", "libx264", "h264", rotation=90),
     # PAL 720x576 at 16:15, scaled by 1/8. decord 0.6 fails at the end of this program stream
     # ("Unable to handle EOF"): the fallback decodes it.
-    Entry("anamorphic.mpg", "mpeg2video", "mpeg2video", fmt="vob", size=(90, 72),
-          sar=Fraction(16, 15), min_psnr=28.0, fallback_from=("decord",)),
-    Entry("anamorphic_rot90.mp4", "libx264", "h264", size=(90, 72), sar=Fraction(16, 15),
-          rotation=90, min_psnr=26.0),
+    Entry(
+        "anamorphic.mpg",
+        "mpeg2video",
+        "mpeg2video",
+        fmt="vob",
+        size=(90, 72),
+        sar=Fraction(16, 15),
+        min_psnr=28.0,
+        fallback_from=("decord",),
+    ),
+    Entry(
+        "anamorphic_rot90.mp4",
+        "libx264",
+        "h264",
+        size=(90, 72),
+        sar=Fraction(16, 15),
+        rotation=90,
+        min_psnr=26.0,
+    ),
     Entry("vfr.mkv", "libx264", "h264", vfr=True),
     Entry("vfr.mp4", "libx264", "h264", vfr=True),
     Entry("two_streams.mkv", "libx264", "h264", second_stream=True),
@@ -170,8 +201,11 @@ def encode(entry: Entry, path: str) -> str:
 
 def _add_stream(container, entry: Entry, width: int, height: int, time_base: Fraction):
     rate = None if entry.vfr else Fraction(FPS)
-    stream = container.add_stream(entry.encoder, rate=rate) if rate else container.add_stream(
-        entry.encoder)
+    stream = (
+        container.add_stream(entry.encoder, rate=rate)
+        if rate
+        else container.add_stream(entry.encoder)
+    )
     stream.width, stream.height, stream.pix_fmt = width, height, entry.pix_fmt
     stream.codec_context.time_base = time_base
     options = dict(entry.codec_options)

@@ -27,12 +27,14 @@ def media(tmp_path_factory) -> dict[str, str]:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def dense_clips(entry: Entry) -> list[ClipPlan]:
-    return [ClipPlan(n, tuple(range(s, s + CLIP_LEN)), s / 12, (s + CLIP_LEN) / 12)
-            for n, s in enumerate(range(0, entry.frames - CLIP_LEN + 1, CLIP_LEN))]
+    return [
+        ClipPlan(n, tuple(range(s, s + CLIP_LEN)), s / 12, (s + CLIP_LEN) / 12)
+        for n, s in enumerate(range(0, entry.frames - CLIP_LEN + 1, CLIP_LEN))
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -61,7 +63,7 @@ def test_frames_are_upright_and_times_real(media, name, backend):
     expected_backend = "pyav" if backend in entry.fallback_from else backend
     assert {b for _, _, b in got} == {expected_backend}
     frames = np.concatenate([f for _, f, _ in got])
-    reference = entry.upright()[:len(frames)]
+    reference = entry.upright()[: len(frames)]
     assert frames.shape == reference.shape
     assert psnr(frames, reference) > entry.min_psnr
     times = entry.times()
@@ -77,8 +79,17 @@ def test_frames_are_upright_and_times_real(media, name, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["rot90.mp4", "rot270.mov", "rot90.mkv", "anamorphic.mpg",
-                                  "anamorphic_rot90.mp4", "wide_192x12.mkv"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rot90.mp4",
+        "rot270.mov",
+        "rot90.mkv",
+        "anamorphic.mpg",
+        "anamorphic_rot90.mp4",
+        "wide_192x12.mkv",
+    ],
+)
 def test_crop_keeps_the_displayed_aspect(media, name, backend):
     """The model's square input is a centre crop of the frame scaled with its displayed aspect:
     never the squeezed stored picture."""
@@ -88,10 +99,17 @@ def test_crop_keeps_the_displayed_aspect(media, name, backend):
     probe = probe_video(media[name])
     size = (32, 32)
     height, width = decode_size(probe, size, "crop")
-    reference = np.stack([centre_crop(np.asarray(Image.fromarray(f).resize(
-        (width, height), Image.BILINEAR)), size) for f in entry.upright()[:CLIP_LEN]])
-    ((_, frames, _),) = decode_clips(media[name], probe, dense_clips(entry)[:1], size,
-                                     backend=backend)
+    reference = np.stack(
+        [
+            centre_crop(
+                np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)), size
+            )
+            for f in entry.upright()[:CLIP_LEN]
+        ]
+    )
+    ((_, frames, _),) = decode_clips(
+        media[name], probe, dense_clips(entry)[:1], size, backend=backend
+    )
     assert frames.shape == (CLIP_LEN, *size, 3)
     assert psnr(frames, reference) > 24
 
@@ -104,9 +122,23 @@ def _cut(data: bytes, keep: float) -> bytes:
 
 
 # One file per container format: cut short, each is Truncated before any decoding.
-CONTAINERS = ["h264.mp4", "h264_faststart.mp4", "h264_fragmented.mp4", "h264.3gp", "prores.mov",
-              "h264_10bit.mkv", "vp9.webm", "vp9_live.webm", "vp8.ogv", "mpeg2.mpg", "mpeg2.ts",
-              "mpeg4.avi", "wmv2.wmv", "flv1.flv", "raw.y4m"]
+CONTAINERS = [
+    "h264.mp4",
+    "h264_faststart.mp4",
+    "h264_fragmented.mp4",
+    "h264.3gp",
+    "prores.mov",
+    "h264_10bit.mkv",
+    "vp9.webm",
+    "vp9_live.webm",
+    "vp8.ogv",
+    "mpeg2.mpg",
+    "mpeg2.ts",
+    "mpeg4.avi",
+    "wmv2.wmv",
+    "flv1.flv",
+    "raw.y4m",
+]
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.98])
@@ -131,7 +163,9 @@ def test_fallback_happens_before_the_first_clip_only(media, monkeypatch):
         raise errors.CorruptVideoError("decoding failed at frame 5")
 
     real_open = decode.open_reader
-    monkeypatch.setattr(decode, "open_reader", lambda b, *a, **k: opened.append(b) or real_open(b, *a, **k))
+    monkeypatch.setattr(
+        decode, "open_reader", lambda b, *a, **k: opened.append(b) or real_open(b, *a, **k)
+    )
     monkeypatch.setattr(decode, "iter_clips", failing_clips)
     produced = decode_clips(media[name], probe, dense_clips(BY_NAME[name]), (32, 32))
     assert next(produced)[2] == "decord"
@@ -155,7 +189,7 @@ def test_a_file_broken_for_every_backend_keeps_its_own_error(media, tmp_path):
     with open(media["mpeg4.avi"], "rb") as f:
         data = bytearray(f.read())
     movi = data.find(b"movi")
-    data[movi + 4:len(data) - 400] = b"\xff" * (len(data) - 400 - movi - 4)  # frames gone
+    data[movi + 4 : len(data) - 400] = b"\xff" * (len(data) - 400 - movi - 4)  # frames gone
     path = tmp_path / "damaged.avi"
     path.write_bytes(bytes(data))
     probe = probe_video(str(path))

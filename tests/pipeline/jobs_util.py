@@ -12,8 +12,9 @@ from pipeline.spec import JobSpec, parse_spec
 TINY_SAMPLING = {"clip_len": 4, "frame_interval": 2, "size": 64}
 
 
-def tiny_spec(input_uri: str, output_uri: str, models: list[dict[str, Any]] | None = None,
-              **extra: Any) -> JobSpec:
+def tiny_spec(
+    input_uri: str, output_uri: str, models: list[dict[str, Any]] | None = None, **extra: Any
+) -> JobSpec:
     """A classify job on the pretrained frame encoder at 64x64: fast enough for every test."""
     data = {
         "name": "test",
@@ -36,11 +37,15 @@ def read_table(output: str, name: str, filesystem=None):
     from pipeline.query import table_schema
 
     path = f"{output}/{name}"
-    return pads.dataset(path, format="parquet", filesystem=filesystem,
-                        schema=table_schema(name)).to_table()
+    return pads.dataset(
+        path, format="parquet", filesystem=filesystem, schema=table_schema(name)
+    ).to_table()
 
 
 def clip_key_counts(clips) -> Counter:
-    rows = zip(clips.column("video_id").to_pylist(), clips.column("clip_index").to_pylist(),
-               clips.column("model").to_pylist())
+    rows = zip(
+        clips.column("video_id").to_pylist(),
+        clips.column("clip_index").to_pylist(),
+        clips.column("model").to_pylist(),
+    )
     return Counter(rows)

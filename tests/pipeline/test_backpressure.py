@@ -10,8 +10,8 @@ import pytest
 
 from pipeline import errors
 from pipeline.child_process import IsolatedDecoder
-from pipeline.probe import probe_video
 from pipeline.job import run_job
+from pipeline.probe import probe_video
 from pipeline.resources import BATCHES_AHEAD, block_clips, clip_bytes, stream_memory_limit
 from pipeline.sampling import plan_clips
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
@@ -19,8 +19,10 @@ from tests.videos import make_video
 
 
 def test_limit_is_a_few_model_batches_of_decoded_clips():
-    models = [{"name": "frame-average", "batch_size": 4, "actors": 2},
-              {"name": "frame-average", "key": "emb", "task": "embed", "batch_size": 3}]
+    models = [
+        {"name": "frame-average", "batch_size": 4, "actors": 2},
+        {"name": "frame-average", "key": "emb", "task": "embed", "batch_size": 3},
+    ]
     spec = tiny_spec("in", "out", models=models, decode={"actors": 2})
     clip = 4 * 64 * 64 * 3  # clip_len 4, 64x64, RGB uint8
     assert clip_bytes(spec) == clip
@@ -28,8 +30,13 @@ def test_limit_is_a_few_model_batches_of_decoded_clips():
     # output blocks of one (smallest) batch per decode actor
     assert block_clips(spec) == 3
     assert stream_memory_limit(spec) == (BATCHES_AHEAD * (2 * 4 + 3) + 2 * 2 * 3) * clip
-    bigger = tiny_spec("in", "out", models=models, decode={"actors": 2},
-                       sampling={"clip_len": 8, "size": [128, 96]})
+    bigger = tiny_spec(
+        "in",
+        "out",
+        models=models,
+        decode={"actors": 2},
+        sampling={"clip_len": 8, "size": [128, 96]},
+    )
     assert stream_memory_limit(bigger) == 6 * stream_memory_limit(spec)  # 2x frames, 3x pixels
 
 
@@ -39,10 +46,16 @@ def test_job_runs_under_its_own_limit_and_keeps_every_clip(ray_session, tmp_path
     root = tmp_path / "in"
     root.mkdir()
     videos = [make_video(root / f"v{i}.mp4", num_frames=240, fps=12.0, seed=i) for i in range(3)]
-    spec = tiny_spec(str(root), str(tmp_path / "out"), sampling={"segment_s": 8.0},
-                     models=[{"name": "frame-average", "batch_size": 2}])
-    expected = sum(len(plan_clips(probe_video(v).num_frames, probe_video(v).fps, spec.sampling))
-                   for v in videos)
+    spec = tiny_spec(
+        str(root),
+        str(tmp_path / "out"),
+        sampling={"segment_s": 8.0},
+        models=[{"name": "frame-average", "batch_size": 2}],
+    )
+    expected = sum(
+        len(plan_clips(probe_video(v).num_frames, probe_video(v).fps, spec.sampling))
+        for v in videos
+    )
     limit = stream_memory_limit(spec)
     assert expected * clip_bytes(spec) > 5 * limit  # the cap holds a small part of the archive
 

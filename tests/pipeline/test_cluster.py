@@ -60,11 +60,21 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="vmb-cluster-")  # short: Ray's unix sockets live below it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_", "RAY_ADDRESS"))}
-    env |= {"RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env |= {
+        "RAY_TMPDIR": ray_tmp,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    }
     # own process group: on a timeout, the cluster's daemons are killed with the driver
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, tiny_archive, str(out)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, tiny_archive, str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -80,7 +90,9 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
 
     spec = tiny_spec(tiny_archive, str(out))
     videos = [str(Path(tiny_archive) / name) for name in TINY_ARCHIVE]
-    expected = sum(len(plan_clips(p.num_frames, p.fps, spec.sampling)) for p in map(probe_video, videos))
+    expected = sum(
+        len(plan_clips(p.num_frames, p.fps, spec.sampling)) for p in map(probe_video, videos)
+    )
     summary = report["summary"]
     assert summary["clips"] == expected > 0
     assert summary["videos_ok"] == len(TINY_ARCHIVE) and summary["videos_failed"] == 0, summary
@@ -94,7 +106,9 @@ def test_job_on_two_node_cluster_writes_every_clip_once(tiny_archive, tmp_path):
     assert all(sorted(ix) == list(range(len(ix))) for ix in per_video.values())  # no gaps
     vids = read_table(str(out), "videos").to_pylist()
     assert len(vids) == len(TINY_ARCHIVE) and {v["status"] for v in vids} == {"ok"}
-    assert {v["video_id"]: v["num_clips"] for v in vids} == {k: len(v) for k, v in per_video.items()}
+    assert {v["video_id"]: v["num_clips"] for v in vids} == {
+        k: len(v) for k, v in per_video.items()
+    }
 
     # Written by workers: one shard per video, each committed on a node that is not the driver's,
     # and the driver received status rows only (a clip's feature alone is 5,120 bytes).

@@ -39,8 +39,11 @@ PATTERNS = {
     "one frame far apart": {"clip_len": 1, "stride": 55},
     "overlapping": {"clip_len": 6, "stride": 2},
     "uniform": {"clip_len": 4, "frame_interval": 5, "num_clips": 3},
-    "end of file": lambda n: [(n - 6, n - 2), (n - 4, n - 3, n - 2, n - 1),
-                              (n - 3, n - 1, n, n + 1)],  # past the end clamps to the last frame
+    "end of file": lambda n: [
+        (n - 6, n - 2),
+        (n - 4, n - 3, n - 2, n - 1),
+        (n - 3, n - 1, n, n + 1),
+    ],  # past the end clamps to the last frame
     "repeats and disorder": lambda n: [(3, 3, 9, 5), (2, 30, 31), (n - 1, n - 1)],
 }
 
@@ -58,8 +61,10 @@ def _clips(pattern, num_frames: int, fps: float) -> list[ClipPlan]:
     spec = PATTERNS[pattern]
     if isinstance(spec, dict):
         return plan_clips(num_frames, fps, SamplingSpec(size=SIZE, **spec))
-    return [ClipPlan(n, idx, idx[0] / fps, (max(idx) + 1) / fps)
-            for n, idx in enumerate(spec(num_frames))]
+    return [
+        ClipPlan(n, idx, idx[0] / fps, (max(idx) + 1) / fps)
+        for n, idx in enumerate(spec(num_frames))
+    ]
 
 
 def _sequential(path: str, backend: str, probe) -> list[np.ndarray]:
@@ -67,8 +72,10 @@ def _sequential(path: str, backend: str, probe) -> list[np.ndarray]:
     height, width = decode_size(probe, SIZE, "crop")
     if backend == "pyav":
         with av.open(path) as container:
-            return [centre_crop(f.to_ndarray(format="rgb24", width=width, height=height), SIZE)
-                    for f in container.decode(video=0)]
+            return [
+                centre_crop(f.to_ndarray(format="rgb24", width=width, height=height), SIZE)
+                for f in container.decode(video=0)
+            ]
     import decord
 
     while width in decode.DECORD_BAD_WIDTHS:
@@ -140,8 +147,9 @@ def test_clip_times_are_the_decoders_timestamps(video, pattern):
     for clip, _ in got:
         first, last = min(clip.frame_indices[0], n - 1), min(max(clip.frame_indices), n - 1)
         start = float(vr.get_frame_timestamp(first)[0])
-        end = float(vr.get_frame_timestamp(last + 1)[0] if last + 1 < n
-                    else vr.get_frame_timestamp(last)[1])
+        end = float(
+            vr.get_frame_timestamp(last + 1)[0] if last + 1 < n else vr.get_frame_timestamp(last)[1]
+        )
         assert (clip.start_s, clip.end_s) == (start, end)
 
 

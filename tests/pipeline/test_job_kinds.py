@@ -52,8 +52,12 @@ def test_every_job_spec_is_covered():
 def test_job_spec_runs(ray_session, small_archive, tmp_path, job):
     overrides, needs = CASES[job]
     out = tmp_path / "out"
-    sets = [f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
-            "sampling.size=[64, 96]" if "sampling.size=[64, 96]" not in overrides else ""] + overrides
+    sets = [
+        f'input="{small_archive}"',
+        f'output="{out}"',
+        "mlflow.enabled=false",
+        "sampling.size=[64, 96]" if "sampling.size=[64, 96]" not in overrides else "",
+    ] + overrides
     if needs:
         sets.append(f'models.0.weights="{_checkpoint(tmp_path, needs)}"')
     spec, text = load_spec(JOBS / job, [s for s in sets if s])
@@ -80,8 +84,10 @@ def test_job_spec_runs(ray_session, small_archive, tmp_path, job):
 def test_generative_job_without_weights_fails_fast(tmp_path, small_archive):
     from pipeline.models import ModelConfigError
 
-    spec, _ = load_spec(JOBS / "motion.toml", [f'input="{small_archive}"', f'output="{tmp_path / "o"}"',
-                                               'models.0.weights=""'])
+    spec, _ = load_spec(
+        JOBS / "motion.toml",
+        [f'input="{small_archive}"', f'output="{tmp_path / "o"}"', 'models.0.weights=""'],
+    )
     with pytest.raises(ModelConfigError, match="needs weights"):
         run_job(spec)
 
@@ -89,13 +95,21 @@ def test_generative_job_without_weights_fails_fast(tmp_path, small_archive):
 def test_weights_from_an_mlflow_model_uri(ray_session, small_archive, tmp_path, isolated_env):
     from pipeline.model_registry import register_weights
 
-    version = register_weights(_checkpoint(tmp_path, "ifnet-v4"), "rife-test", isolated_env,
-                               aliases=["prod"])
+    version = register_weights(
+        _checkpoint(tmp_path, "ifnet-v4"), "rife-test", isolated_env, aliases=["prod"]
+    )
     for uri in (f"models:/rife-test/{version}", "models:/rife-test@prod"):
         out = tmp_path / f"out-{uri.rsplit('/', 1)[-1]}"
-        spec, _ = load_spec(JOBS / "motion.toml", [
-            f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
-            "sampling.size=[64, 96]", f'models.0.weights="{uri}"'])
+        spec, _ = load_spec(
+            JOBS / "motion.toml",
+            [
+                f'input="{small_archive}"',
+                f'output="{out}"',
+                "mlflow.enabled=false",
+                "sampling.size=[64, 96]",
+                f'models.0.weights="{uri}"',
+            ],
+        )
         result = run_job(spec)
         assert result.summary["videos_ok"] == 1 and result.summary["clips"] > 0
 
@@ -104,28 +118,51 @@ def test_pyav_backend_gives_the_same_clips(ray_session, small_archive, tmp_path)
     rows = {}
     for backend in ("decord", "pyav"):
         out = tmp_path / backend
-        spec, _ = load_spec(JOBS / "embed.toml", [
-            f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
-            "sampling.size=[64, 96]", f'decode.backend="{backend}"'])
+        spec, _ = load_spec(
+            JOBS / "embed.toml",
+            [
+                f'input="{small_archive}"',
+                f'output="{out}"',
+                "mlflow.enabled=false",
+                "sampling.size=[64, 96]",
+                f'decode.backend="{backend}"',
+            ],
+        )
         run_job(spec)
-        rows[backend] = sorted((r["clip_index"], r["start_frame"], r["end_frame"], r["feature"])
-                               for r in read_table(str(out), "clips").to_pylist())
+        rows[backend] = sorted(
+            (r["clip_index"], r["start_frame"], r["end_frame"], r["feature"])
+            for r in read_table(str(out), "clips").to_pylist()
+        )
     assert [r[:3] for r in rows["decord"]] == [r[:3] for r in rows["pyav"]]
-    for a, b in zip(rows["decord"], rows["pyav"]):  # same frames decoded, resized by different scalers
+    for a, b in zip(
+        rows["decord"], rows["pyav"]
+    ):  # same frames decoded, resized by different scalers
         cos = sum(x * y for x, y in zip(a[3], b[3])) / (
-            sum(x * x for x in a[3]) ** 0.5 * sum(y * y for y in b[3]) ** 0.5)
+            sum(x * x for x in a[3]) ** 0.5 * sum(y * y for y in b[3]) ** 0.5
+        )
         assert cos > 0.95
 
 
-def test_bf16_precision_option_runs_and_bad_precision_is_refused(ray_session, small_archive, tmp_path):
+def test_bf16_precision_option_runs_and_bad_precision_is_refused(
+    ray_session, small_archive, tmp_path
+):
     from pipeline.models import ClassifyModel, ModelConfigError
     from pipeline.spec import ModelSpec
 
     out = tmp_path / "bf16"
-    spec, _ = load_spec(JOBS / "classify.toml", [
-        f'input="{small_archive}"', f'output="{out}"', "mlflow.enabled=false",
-        "sampling.size=[64, 96]", 'models.0.options.precision="bf16"'])
+    spec, _ = load_spec(
+        JOBS / "classify.toml",
+        [
+            f'input="{small_archive}"',
+            f'output="{out}"',
+            "mlflow.enabled=false",
+            "sampling.size=[64, 96]",
+            'models.0.options.precision="bf16"',
+        ],
+    )
     assert run_job(spec).summary["videos_ok"] == 1
     assert all(len(r["labels"]) == 5 for r in read_table(str(out), "clips").to_pylist())
     with pytest.raises(ModelConfigError, match="precision"):
-        ClassifyModel(ModelSpec(name="frame-average", options={"precision": "fp8"}), output=str(out))
+        ClassifyModel(
+            ModelSpec(name="frame-average", options={"precision": "fp8"}), output=str(out)
+        )

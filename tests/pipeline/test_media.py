@@ -148,7 +148,13 @@ def test_clip_media_uri_layout():
     )
     assert safe_path_segment("../../etc") == "etc"
     assert safe_path_segment(".hidden") == "hidden"
-    for bad in [("out", "m", "a/b", 0), ("out", "m", "..", 0), ("out", "m", "", 0),
-                ("out", "m", "v", -1), ("out", "m", "v", 1.5), ("out", "///", "v", 0)]:
+    for bad in [
+        ("out", "m", "a/b", 0),
+        ("out", "m", "..", 0),
+        ("out", "m", "", 0),
+        ("out", "m", "v", -1),
+        ("out", "m", "v", 1.5),
+        ("out", "///", "v", 0),
+    ]:
         with pytest.raises(ValueError):
             clip_media_uri(*bad)

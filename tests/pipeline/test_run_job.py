@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from pipeline.archive import list_archive
+from pipeline.job import OutputConflictError, run_job
 from pipeline.models import ModelConfigError
 from pipeline.probe import probe_video
-from pipeline.job import OutputConflictError, run_job
 from pipeline.sampling import plan_clips
 from pipeline.spec import SpecError, parse_spec
 from tests.pipeline.jobs_util import TINY_SAMPLING, clip_key_counts, read_table, tiny_spec
@@ -19,7 +19,9 @@ from tests.videos import make_manifest, make_tar, make_video, make_zip
 
 def _expected_clips(paths):
     spec = tiny_spec("x", "y")
-    return sum(len(plan_clips(probe_video(p).num_frames, probe_video(p).fps, spec.sampling)) for p in paths)
+    return sum(
+        len(plan_clips(probe_video(p).num_frames, probe_video(p).fps, spec.sampling)) for p in paths
+    )
 
 
 @pytest.fixture
@@ -97,10 +99,14 @@ def test_video_ids_are_stable_across_listings(tiny_archive):
 
 
 def test_two_models_share_one_decode(ray_session, tmp_path):
-    make_video(tmp_path / "in" / "v.mp4", num_frames=24) if (tmp_path / "in").mkdir() is None else None
+    make_video(tmp_path / "in" / "v.mp4", num_frames=24) if (
+        tmp_path / "in"
+    ).mkdir() is None else None
     out = tmp_path / "out"
-    models = [{"name": "frame-average", "batch_size": 2},
-              {"name": "frame-average", "key": "emb", "task": "embed", "batch_size": 3}]
+    models = [
+        {"name": "frame-average", "batch_size": 2},
+        {"name": "frame-average", "key": "emb", "task": "embed", "batch_size": 3},
+    ]
     run_job(tiny_spec(str(tmp_path / "in"), str(out), models=models))
     clips = read_table(str(out), "clips")
     counts = clip_key_counts(clips)
@@ -117,7 +123,9 @@ def test_long_video_is_split_into_segments(ray_session, tmp_path):
     result = run_job(tiny_spec(str(tmp_path / "in"), str(out), sampling={"segment_s": 2.0}))
     clips = read_table(str(out), "clips")
     indices = sorted(clips.column("clip_index").to_pylist())
-    assert indices == list(range(len(indices))) and len(indices) == result.summary["clips"] == 17  # starts 0, 7, ..., 112
+    assert (
+        indices == list(range(len(indices))) and len(indices) == result.summary["clips"] == 17
+    )  # starts 0, 7, ..., 112
     assert result.summary["segments"] == 5  # 10 s of video in 2 s segments
     assert [p.name for p in (out / "clips").iterdir()] == ["shard-000000-frame-average.parquet"]
 
@@ -133,8 +141,14 @@ def test_bad_spec_fails_before_any_work(tmp_path):
     with pytest.raises(SpecError, match="unknown key"):
         parse_spec({"input": "x", "output": "y", "models": [{"name": "frame-average"}], "bogus": 1})
     with pytest.raises(SpecError, match="clip_len"):
-        parse_spec({"input": "x", "output": "y", "models": [{"name": "frame-average"}],
-                    "sampling": {"clip_len": "eight"}})
+        parse_spec(
+            {
+                "input": "x",
+                "output": "y",
+                "models": [{"name": "frame-average"}],
+                "sampling": {"clip_len": "eight"},
+            }
+        )
     with pytest.raises(ModelConfigError, match="needs weights"):
         run_job(tiny_spec(str(tmp_path), str(tmp_path / "o"), models=[{"name": "ifnet-v4"}]))
     assert not (tmp_path / "o").exists()
@@ -144,8 +158,11 @@ def test_mlflow_run_records_the_job(ray_session, archive, tmp_path, isolated_env
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "out"
-    spec = tiny_spec(str(archive), str(out), mlflow={"enabled": True, "tracking_uri": isolated_env,
-                                                      "experiment": "test-run-job"})
+    spec = tiny_spec(
+        str(archive),
+        str(out),
+        mlflow={"enabled": True, "tracking_uri": isolated_env, "experiment": "test-run-job"},
+    )
     result = run_job(spec, spec_text="# spec\n")
     run = MlflowClient(isolated_env).get_run(result.run_id)
     assert run.data.metrics["clips"] == result.summary["clips"]

@@ -11,8 +11,12 @@ from pipeline.spec import SamplingSpec
 
 def test_sliding_windows_default_stride_is_one_span():
     clips = plan_clips(30, 10.0, SamplingSpec(clip_len=4, frame_interval=2))
-    assert [c.frame_indices for c in clips] == [(0, 2, 4, 6), (7, 9, 11, 13), (14, 16, 18, 20),
-                                                (21, 23, 25, 27)]
+    assert [c.frame_indices for c in clips] == [
+        (0, 2, 4, 6),
+        (7, 9, 11, 13),
+        (14, 16, 18, 20),
+        (21, 23, 25, 27),
+    ]
     assert clips[1].start_s == pytest.approx(0.7) and clips[1].end_s == pytest.approx(1.4)
     assert [c.clip_index for c in clips] == [0, 1, 2, 3]
 

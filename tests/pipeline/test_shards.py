@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.listing_source import iter_shard_blocks, listing_report_uri, shard_block
-from pipeline.records import VideoTask
+from pipeline.records import VideoProbe, VideoTask
 from pipeline.rows import (
     SHARD,
     SHARD_BASE,
@@ -34,7 +34,6 @@ from pipeline.shards import (
     shard_index,
     shard_name,
 )
-from pipeline.records import VideoProbe
 from tests.pipeline.jobs_util import clip_key_counts, read_table
 
 
@@ -100,14 +99,35 @@ def test_shard_block_is_none_when_nothing_is_left():
     assert block is None and kept == 2
 
 
-def _status(video: str, segment: int, clips: list[int], *, shard: int = 0, videos: int = 1,
-            segments: int = 1, planned: int = 2, failed: bool = False, emitted: int = 0,
-            parts: tuple[str, ...] = ("ledger/p.parquet",)) -> pa.Table:
-    row = {SHARD: shard, SHARD_VIDEOS: videos, SHARD_BASE: False, SHARD_KEY: "k",
-           "video_id": video, "segment_index": segment, "num_segments": segments,
-           "clips_in_segment": planned, "clip_indices": clips, "failed": failed,
-           "emitted_before_error": emitted, "parts": list(parts), "done_at": 5.0,
-           "bytes_received": 0}
+def _status(
+    video: str,
+    segment: int,
+    clips: list[int],
+    *,
+    shard: int = 0,
+    videos: int = 1,
+    segments: int = 1,
+    planned: int = 2,
+    failed: bool = False,
+    emitted: int = 0,
+    parts: tuple[str, ...] = ("ledger/p.parquet",),
+) -> pa.Table:
+    row = {
+        SHARD: shard,
+        SHARD_VIDEOS: videos,
+        SHARD_BASE: False,
+        SHARD_KEY: "k",
+        "video_id": video,
+        "segment_index": segment,
+        "num_segments": segments,
+        "clips_in_segment": planned,
+        "clip_indices": clips,
+        "failed": failed,
+        "emitted_before_error": emitted,
+        "parts": list(parts),
+        "done_at": 5.0,
+        "bytes_received": 0,
+    }
     return pa.Table.from_pylist([row], schema=STATUS_SCHEMA)
 
 
@@ -115,7 +135,9 @@ def test_tracker_completes_a_shard_once_every_segment_is_in():
     tracker = ShardTracker()
     assert tracker.add(_status("a", 0, [0], videos=2, segments=2)) == []
     assert tracker.add(_status("a", 0, [0], videos=2, segments=2)) == []  # a retried batch
-    assert tracker.add(_status("a", 0, [1], videos=2, segments=2, parts=("ledger/q.parquet",))) == []
+    assert (
+        tracker.add(_status("a", 0, [1], videos=2, segments=2, parts=("ledger/q.parquet",))) == []
+    )
     assert tracker.add(_status("a", 1, [2, 3], videos=2, segments=2)) == []
     ready = tracker.add(_status("b", 0, [], videos=2, planned=3, failed=True, emitted=0))
     assert [r.index for r in ready] == [0]
@@ -143,26 +165,58 @@ def test_tracker_reports_what_never_came_back():
 _PROBE = VideoProbe(duration_s=2.0, fps=12.0, num_frames=24, width=64, height=48, codec="h264")
 
 
-def _clip_rows(video: str, segment: int, clips: list[int], *, ok: bool = True,
-               error: str | None = None, emitted: int = 0, model_error: str | None = None):
+def _clip_rows(
+    video: str,
+    segment: int,
+    clips: list[int],
+    *,
+    ok: bool = True,
+    error: str | None = None,
+    emitted: int = 0,
+    model_error: str | None = None,
+):
     rows = []
     for c in clips if ok else [-1]:
-        rows.append({
-            "video_id": video, "video_uri": f"s3://user:secret@bucket/{video}.mp4", "size": 10,
-            "label": None, SHARD: 0, SHARD_VIDEOS: 2, SHARD_BASE: False, SHARD_KEY: "key0",
-            **probe_columns(_PROBE), "segment_index": segment, "num_segments": 2,
-            "clips_in_segment": 2, "ok": ok, "clip_index": c, "start_frame": max(c, 0) * 4,
-            "end_frame": max(c, 0) * 4 + 3, "start_s": c / 3, "end_s": (c + 1) / 3,
-            "frame_indices": [0, 1], "frame_bytes": [0, 0], "decode_s": 0.5,
-            "decode_backend": "decord" if ok else "", "status": "ok" if ok else "error",
-            "error_type": "" if ok else error, "error_message": "" if ok else f"{error} here",
-            "emitted_before_error": emitted,
-            model_column("m", "labels"): ["cat"], model_column("m", "scores"): [0.9],
-            model_column("m", "media_uri"): None, model_column("m", "error"): model_error,
-            model_column("m", "infer_s"): 0.25, model_column("m", "done_at"): 7.0,
-        })
+        rows.append(
+            {
+                "video_id": video,
+                "video_uri": f"s3://user:secret@bucket/{video}.mp4",
+                "size": 10,
+                "label": None,
+                SHARD: 0,
+                SHARD_VIDEOS: 2,
+                SHARD_BASE: False,
+                SHARD_KEY: "key0",
+                **probe_columns(_PROBE),
+                "segment_index": segment,
+                "num_segments": 2,
+                "clips_in_segment": 2,
+                "ok": ok,
+                "clip_index": c,
+                "start_frame": max(c, 0) * 4,
+                "end_frame": max(c, 0) * 4 + 3,
+                "start_s": c / 3,
+                "end_s": (c + 1) / 3,
+                "frame_indices": [0, 1],
+                "frame_bytes": [0, 0],
+                "decode_s": 0.5,
+                "decode_backend": "decord" if ok else "",
+                "status": "ok" if ok else "error",
+                "error_type": "" if ok else error,
+                "error_message": "" if ok else f"{error} here",
+                "emitted_before_error": emitted,
+                model_column("m", "labels"): ["cat"],
+                model_column("m", "scores"): [0.9],
+                model_column("m", "media_uri"): None,
+                model_column("m", "error"): model_error,
+                model_column("m", "infer_s"): 0.25,
+                model_column("m", "done_at"): 7.0,
+            }
+        )
     table = pa.Table.from_pylist(rows)
-    feature = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0] * len(rows), pa.float32()), 3)
+    feature = pa.FixedSizeListArray.from_arrays(
+        pa.array([1.0, 2.0, 3.0] * len(rows), pa.float32()), 3
+    )
     metrics = pa.array([[("x", 1.0)]] * len(rows), pa.map_(pa.string(), pa.float64()))
     table = table.append_column(model_column("m", "feature"), feature)
     return table.append_column(model_column("m", "metrics"), metrics)
@@ -173,8 +227,14 @@ def _cat(tables: list[pa.Table]) -> pa.Table:
 
 
 def _write(out: Path, table: pa.Table) -> list[str]:
-    status = write_parts(table, output=str(out), storage_options={}, job_id="job", models=["m"],
-                         versions={"m": "builtin"})
+    status = write_parts(
+        table,
+        output=str(out),
+        storage_options={},
+        job_id="job",
+        models=["m"],
+        versions={"m": "builtin"},
+    )
     return [p for ps in status.column("parts").to_pylist() for p in ps]
 
 
@@ -182,22 +242,39 @@ def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
     out = tmp_path / "out"
     parts = _write(out, _clip_rows("a", 0, [0, 1]))
     parts += _write(out, _clip_rows("a", 0, [0, 1]))  # the same batch again: a retried task
-    parts += _write(out, _cat([_clip_rows("a", 1, [2, 3], model_error=None),
-                                           _clip_rows("b", 0, [0]),
-                                           _clip_rows("b", 0, [], ok=False, error="Truncated",
-                                                      emitted=1)]))
-    counts = commit_shard(output=str(out), storage_options={}, index=0, key="key0", parts=sorted(set(parts)),
-                          models=["m"], merge_with_committed=False)
+    parts += _write(
+        out,
+        _cat(
+            [
+                _clip_rows("a", 1, [2, 3], model_error=None),
+                _clip_rows("b", 0, [0]),
+                _clip_rows("b", 0, [], ok=False, error="Truncated", emitted=1),
+            ]
+        ),
+    )
+    counts = commit_shard(
+        output=str(out),
+        storage_options={},
+        index=0,
+        key="key0",
+        parts=sorted(set(parts)),
+        models=["m"],
+        merge_with_committed=False,
+    )
     clips = read_table(str(out), "clips")
     assert set(clip_key_counts(clips).values()) == {1}
     assert sorted(clips.column("clip_index").to_pylist()) == [0, 1, 2, 3]  # b's clip dropped
     assert set(clips.column("video_id").to_pylist()) == {"a"}
     assert "secret" not in "".join(clips.column("video_uri").to_pylist())
-    assert pq.read_schema(out / "clips" / "shard-000000-m.parquet").field("feature").type == \
-        pa.list_(pa.float32(), 3)
+    assert pq.read_schema(out / "clips" / "shard-000000-m.parquet").field(
+        "feature"
+    ).type == pa.list_(pa.float32(), 3)
     videos = {v["video_id"]: v for v in read_table(str(out), "videos").to_pylist()}
     assert videos["a"]["status"] == "ok" and videos["a"]["num_clips"] == 4
-    assert videos["a"]["decode_s"] == pytest.approx(4 * 0.5) and videos["a"]["decode_backend"] == "decord"
+    assert (
+        videos["a"]["decode_s"] == pytest.approx(4 * 0.5)
+        and videos["a"]["decode_backend"] == "decord"
+    )
     assert videos["b"]["status"] == "error" and videos["b"]["error_type"] == "Truncated"
     assert videos["b"]["num_clips"] == 0 and videos["b"]["width"] == 64
     marker = json.loads((out / "_shards" / "shard-000000.json").read_text())
@@ -209,16 +286,34 @@ def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
 
 def test_model_error_fails_the_segment_and_is_retried_on_resume(tmp_path: Path):
     out = tmp_path / "out"
-    parts = _write(out, _cat([_clip_rows("a", 0, [0, 1], model_error="RuntimeError: x"),
-                                          _clip_rows("b", 0, [0, 1])]))
-    commit_shard(output=str(out), storage_options={}, index=0, key="key0", parts=parts,
-                 models=["m"], merge_with_committed=False)
+    parts = _write(
+        out,
+        _cat(
+            [_clip_rows("a", 0, [0, 1], model_error="RuntimeError: x"), _clip_rows("b", 0, [0, 1])]
+        ),
+    )
+    commit_shard(
+        output=str(out),
+        storage_options={},
+        index=0,
+        key="key0",
+        parts=parts,
+        models=["m"],
+        merge_with_committed=False,
+    )
     marker = json.loads((out / "_shards" / "shard-000000.json").read_text())
     assert marker["retry"] == ["a"] and marker["failures_by_type"] == {"ModelError": 1}
     # the resume redoes "a" and merges it with the committed rows of "b"
     parts = _write(out, _clip_rows("a", 0, [0, 1]))
-    commit_shard(output=str(out), storage_options={}, index=0, key="key0", parts=parts,
-                 models=["m"], merge_with_committed=True)
+    commit_shard(
+        output=str(out),
+        storage_options={},
+        index=0,
+        key="key0",
+        parts=parts,
+        models=["m"],
+        merge_with_committed=True,
+    )
     clips = read_table(str(out), "clips")
     assert set(clip_key_counts(clips).values()) == {1} and clips.num_rows == 4
     assert {v["status"] for v in read_table(str(out), "videos").to_pylist()} == {"ok"}
@@ -233,15 +328,25 @@ def test_videos_never_seen_are_recorded_as_incomplete(tmp_path: Path):
     for name in ("a.mp4", "b.mp4"):
         (archive / name).write_bytes(b"x")
     out = tmp_path / "out"
-    commit_shard(output=str(out), storage_options={}, index=0, key="k", parts=[], models=["m"],
-                 merge_with_committed=False, incomplete={}, relist=Relist(str(archive), {}, 10))
+    commit_shard(
+        output=str(out),
+        storage_options={},
+        index=0,
+        key="k",
+        parts=[],
+        models=["m"],
+        merge_with_committed=False,
+        incomplete={},
+        relist=Relist(str(archive), {}, 10),
+    )
     videos = read_table(str(out), "videos").to_pylist()
     assert len(videos) == 2 and {v["error_type"] for v in videos} == {"Incomplete"}
 
 
 def test_video_rows_take_the_first_error_by_segment():
-    ledger = _cat([_clip_rows("a", 1, [], ok=False, error="DecodeTimeout"),
-                               _clip_rows("a", 0, [0, 1])])
+    ledger = _cat(
+        [_clip_rows("a", 1, [], ok=False, error="DecodeTimeout"), _clip_rows("a", 0, [0, 1])]
+    )
     from pipeline.shard_writer import ledger_rows
 
     rows, failed = video_rows(ledger_rows(ledger, ["m"]))

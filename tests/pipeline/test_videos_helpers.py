@@ -23,8 +23,8 @@ from tests.videos import (
     frame_index_of,
     make_manifest,
     make_tar,
-    make_video,
     make_vfr_video,
+    make_video,
     make_zip,
     square_box,
     synth_frames,
@@ -170,8 +170,10 @@ def test_tar_and_zip_members_are_readable(tmp_path, tiny_video):
 def test_manifests(tmp_path):
     uris = ["/data/a.mp4", "s3://bucket/b, with comma.mkv"]
     with open(make_manifest(tmp_path / "m.csv", uris, ["cat", "dog"])) as f:
-        assert list(csv.DictReader(f)) == [{"uri": uris[0], "label": "cat"},
-                                           {"uri": uris[1], "label": "dog"}]
+        assert list(csv.DictReader(f)) == [
+            {"uri": uris[0], "label": "cat"},
+            {"uri": uris[1], "label": "dog"},
+        ]
     with open(make_manifest(tmp_path / "n.csv", uris)) as f:
         assert list(csv.reader(f)) == [["uri"], [uris[0]], [uris[1]]]
     parquet = make_manifest(tmp_path / "m.parquet", uris, ["cat", "dog"], fmt="parquet")

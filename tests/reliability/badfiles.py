@@ -42,9 +42,9 @@ def mp4_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
     """Top-level ISO-BMFF boxes of ``data``: ``(type, offset, size)`` as declared."""
     boxes, pos = [], 0
     while pos + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if size == 1:
-            size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
+            size = struct.unpack(">Q", data[pos + 8 : pos + 16])[0]
         elif size == 0:
             size = len(data) - pos
         boxes.append((kind, pos, size))
@@ -54,8 +54,9 @@ def mp4_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
     return boxes
 
 
-def make_truncated_mp4(path: str | os.PathLike, faststart: bool, num_frames: int = 30,
-                       keep: float = 0.5) -> str:
+def make_truncated_mp4(
+    path: str | os.PathLike, faststart: bool, num_frames: int = 30, keep: float = 0.5
+) -> str:
     """An H.264 mp4 cut mid-stream.
 
     ``faststart=False``: the muxer's default layout (``mdat`` then ``moov``) cut to ``keep`` of
@@ -89,7 +90,7 @@ def make_corrupt_sps_mp4(path: str | os.PathLike, num_frames: int = 24) -> str:
     at = data.find(b"avcC")
     if at < 0:
         raise RuntimeError("no avcC box")
-    size = struct.unpack(">I", data[at - 4:at])[0]
+    size = struct.unpack(">I", data[at - 4 : at])[0]
     # Keep configurationVersion/profile bytes and the lengthSizeMinusOne byte; break the NALs.
     start, end = at + 4 + 5, at - 4 + size
     data[start:end] = bytes((i * 37 + 11) % 256 for i in range(end - start))
@@ -110,7 +111,9 @@ def make_audio_only(path: str | os.PathLike, seconds: float = 1.0) -> str:
         tone = (np.sin(np.arange(n) * 2 * np.pi * 440 / rate) * 8000).astype(np.int16)
         chunk = 1024
         for i in range(0, n, chunk):
-            frame = av.AudioFrame.from_ndarray(tone[None, i:i + chunk], format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                tone[None, i : i + chunk], format="s16", layout="mono"
+            )
             frame.sample_rate = rate
             frame.pts = i
             for packet in stream.encode(frame):
@@ -120,8 +123,9 @@ def make_audio_only(path: str | os.PathLike, seconds: float = 1.0) -> str:
     return path
 
 
-def make_large_frame_video(path: str | os.PathLike, num_frames: int = 8,
-                           size: tuple[int, int] = (3840, 2160)) -> str:
+def make_large_frame_video(
+    path: str | os.PathLike, num_frames: int = 8, size: tuple[int, int] = (3840, 2160)
+) -> str:
     """A short H.264 video with big frames (default 4K UHD), encoded one frame at a time so the
     generator itself never holds more than one frame."""
     width, height = size
@@ -177,14 +181,18 @@ def make_corrupt_zip(path: str | os.PathLike, members: dict[str, bytes | str]) -
     with open(path, "rb") as f:
         data = bytearray(f.read())
     at = data.rfind(b"PK\x05\x06")
-    data[at:at + 4] = b"XXXX"
+    data[at : at + 4] = b"XXXX"
     with open(path, "wb") as f:
         f.write(bytes(data))
     return str(path)
 
 
-def make_bad_crc_zip(path: str | os.PathLike, members: dict[str, bytes | str], damage: str,
-                     compression: int = zipfile.ZIP_STORED) -> str:
+def make_bad_crc_zip(
+    path: str | os.PathLike,
+    members: dict[str, bytes | str],
+    damage: str,
+    compression: int = zipfile.ZIP_STORED,
+) -> str:
     """A readable zip whose member ``damage`` has flipped data bytes (CRC or inflate fails)."""
     from tests.videos import make_zip
 
@@ -202,8 +210,9 @@ def make_bad_crc_zip(path: str | os.PathLike, members: dict[str, bytes | str], d
     return str(path)
 
 
-def _write_h264(path: str, num_frames: int, faststart: bool, size: tuple[int, int] = (64, 48),
-                fps: int = 12) -> None:
+def _write_h264(
+    path: str, num_frames: int, faststart: bool, size: tuple[int, int] = (64, 48), fps: int = 12
+) -> None:
     """Like ``tests.videos.make_video`` but able to write ``moov`` first (faststart)."""
     if not faststart:
         make_video(path, num_frames=num_frames, size=size, fps=fps)

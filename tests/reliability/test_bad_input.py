@@ -21,13 +21,13 @@ import pytest
 from pipeline import errors
 from pipeline.archive import list_archive
 from pipeline.decode import iter_clips, open_reader
-from pipeline.probe import probe_video
 from pipeline.job import run_job
+from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.source import read_source
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 from tests.reliability import badfiles
-from tests.videos import make_tar, make_vfr_video, make_video, vfr_timestamps
+from tests.videos import make_vfr_video, make_video, vfr_timestamps
 
 SIZE = (64, 64)  # tiny_spec's sampling size
 BIG = (3840, 2160)
@@ -89,9 +89,15 @@ def _make_bad_archive(root: Path) -> Path:
     members = {"a.mp4": g, "b.mp4": g, "c.mp4": g}
     badfiles.make_damaged_tar(root / "damaged.tar", members, damage=1)
     badfiles.make_cut_tar(root / "cut.tar", members, cut_in="b.mp4")
-    (root / "escape.tar").write_bytes(badfiles.tar_bytes_with_names(
-        {"../x.mp4": Path(g).read_bytes(), "/abs/x.mp4": Path(g).read_bytes(),
-         "fine.mp4": Path(g).read_bytes()}))
+    (root / "escape.tar").write_bytes(
+        badfiles.tar_bytes_with_names(
+            {
+                "../x.mp4": Path(g).read_bytes(),
+                "/abs/x.mp4": Path(g).read_bytes(),
+                "fine.mp4": Path(g).read_bytes(),
+            }
+        )
+    )
     badfiles.make_corrupt_zip(root / "corrupt.zip", {"a.mp4": g})
     badfiles.make_bad_crc_zip(root / "crc.zip", {"a.mp4": g, "b.mp4": g}, damage="b.mp4")
     return root
@@ -160,7 +166,9 @@ def test_good_videos_have_every_planned_clip(mixed_job, bad_archive):
 
 def test_short_one_frame_odd_and_large_videos(mixed_job, bad_archive):
     _, out = mixed_job
-    videos = {_name(r["video_uri"], bad_archive): r for r in read_table(str(out), "videos").to_pylist()}
+    videos = {
+        _name(r["video_uri"], bad_archive): r for r in read_table(str(out), "videos").to_pylist()
+    }
     clips = read_table(str(out), "clips").to_pylist()
     by_name = {}
     for c in clips:
@@ -178,8 +186,14 @@ def test_short_one_frame_odd_and_large_videos(mixed_job, bad_archive):
 def test_vfr_clip_times_are_the_frames_presentation_times(mixed_job, bad_archive):
     _, out = mixed_job
     times = vfr_timestamps(24)
-    clips = sorted((c for c in read_table(str(out), "clips").to_pylist()
-                    if _name(c["video_uri"], bad_archive) == "vfr.mp4"), key=lambda c: c["clip_index"])
+    clips = sorted(
+        (
+            c
+            for c in read_table(str(out), "clips").to_pylist()
+            if _name(c["video_uri"], bad_archive) == "vfr.mp4"
+        ),
+        key=lambda c: c["clip_index"],
+    )
     assert len(clips) == 3
     for c in clips:
         assert c["start_s"] == pytest.approx(times[c["start_frame"]], abs=2e-3)
@@ -194,7 +208,9 @@ def test_nothing_is_written_outside_the_output(mixed_job, bad_archive):
     _, out = mixed_job
     written = {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file()}
     assert written <= {"clips", "videos", "_job.json"}
-    assert all(p.suffix == ".parquet" for p in out.rglob("*") if p.parent.name in ("clips", "videos"))
+    assert all(
+        p.suffix == ".parquet" for p in out.rglob("*") if p.parent.name in ("clips", "videos")
+    )
     for base in (out.parent, bad_archive.parent, bad_archive):
         assert not (base / "x.mp4").exists()
     assert not Path("/abs/x.mp4").exists()
@@ -209,12 +225,16 @@ def test_skip_policy_and_error_budget(ray_session, tmp_path):
     make_video(root / "good.mp4", num_frames=16)
     (root / "empty.mp4").write_bytes(b"")
     out = tmp_path / "out"
-    result = run_job(tiny_spec(str(root), str(out), sampling={"short_video": "skip"},
-                               max_error_fraction=0.2))
+    result = run_job(
+        tiny_spec(str(root), str(out), sampling={"short_video": "skip"}, max_error_fraction=0.2)
+    )
     rows = {os.path.basename(r["video_uri"]): r for r in read_table(str(out), "videos").to_pylist()}
     for name in ("one_frame.mp4", "short.mp4"):
-        assert (rows[name]["status"], rows[name]["error_type"], rows[name]["num_clips"]) == \
-            ("skipped", "TooShort", 0)
+        assert (rows[name]["status"], rows[name]["error_type"], rows[name]["num_clips"]) == (
+            "skipped",
+            "TooShort",
+            0,
+        )
     assert rows["good.mp4"]["status"] == "ok" and rows["good.mp4"]["num_clips"] == 2
     s = result.summary
     assert s["videos_by_status"] == {"skipped": 2, "ok": 1, "error": 1}
@@ -229,8 +249,14 @@ def test_skip_policy_and_error_budget(ray_session, tmp_path):
 # -- probe, decode and listing on single files (no Ray) ---------------------------------------
 
 
-@pytest.mark.parametrize("name", [n for n, (status, _) in EXPECTED.items()
-                                  if status != "ok" and "#" not in n and n != "bad_sps.mp4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n, (status, _) in EXPECTED.items()
+        if status != "ok" and "#" not in n and n != "bad_sps.mp4"
+    ],
+)
 def test_probe_rejects_with_specific_type(bad_archive, name):
     task = next(t for t in list_archive(str(bad_archive / name)).tasks)
     with pytest.raises(errors.VideoError) as caught:
@@ -298,19 +324,26 @@ from pipeline.decode import iter_clips, open_reader
 from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from tests.pipeline.jobs_util import tiny_spec
-path = {str(bad_archive / 'big_4k.mp4')!r}
+path = {str(bad_archive / "big_4k.mp4")!r}
 probe = probe_video(path)
 clips = plan_clips(probe.num_frames, probe.fps, tiny_spec("x", "y").sampling)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tracemalloc.start()
-shapes = [f.shape for _, f in iter_clips(open_reader("decord", path, probe, (64, 64)), clips, (64, 64))]
+shapes = [f.shape for _, f in iter_clips(open_reader("decord", path, probe, (64, 64)),
+                                          clips, (64, 64))]
 peak = tracemalloc.get_traced_memory()[1]
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
 print(json.dumps({{"shapes": shapes, "peak": peak, "grown": grown}}))
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=120, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     full_frame = BIG[0] * BIG[1] * 3
     assert report["shapes"] == [[4, 64, 64, 3]]
@@ -335,8 +368,12 @@ def test_listing_records_damaged_shards(bad_archive):
 
 def test_corrupt_deflate_member_is_a_typed_error(tmp_path):
     good = make_video(tmp_path / "g.mp4", num_frames=8)
-    path = badfiles.make_bad_crc_zip(tmp_path / "d.zip", {"a.mp4": good, "b.mp4": good},
-                                     damage="b.mp4", compression=zipfile.ZIP_DEFLATED)
+    path = badfiles.make_bad_crc_zip(
+        tmp_path / "d.zip",
+        {"a.mp4": good, "b.mp4": good},
+        damage="b.mp4",
+        compression=zipfile.ZIP_DEFLATED,
+    )
     tasks = {t.member: t for t in list_archive(path).tasks}
     assert isinstance(read_source(tasks["a.mp4"]).getvalue(), bytes)
     with pytest.raises(errors.CorruptArchiveError):

@@ -77,10 +77,14 @@ def test_sigkilled_actor_is_replaced_and_every_clip_lands_once(ray_session, tmp_
     out = tmp_path / "out"
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_actor_when_running, args=(victim, killed, stop), daemon=True)
+    killer = threading.Thread(
+        target=_kill_actor_when_running, args=(victim, killed, stop), daemon=True
+    )
     killer.start()
     try:
-        result = run_job(tiny_spec(str(root), str(out), models=[{"name": "frame-average", "batch_size": 2}]))
+        result = run_job(
+            tiny_spec(str(root), str(out), models=[{"name": "frame-average", "batch_size": 2}])
+        )
     finally:
         stop.set()
         killer.join(5)
@@ -90,9 +94,15 @@ def test_sigkilled_actor_is_replaced_and_every_clip_lands_once(ray_session, tmp_
 
 
 def _vmb_run(spec_path: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(spec_path), "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(spec_path), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
 
 
 def test_killed_driver_resumes_without_recomputing(tmp_path):
@@ -142,7 +152,9 @@ batch_size = 2
     job = json.loads((out / "_job.json").read_text())
     assert job["counts"]["resumed_videos_skipped"] >= published_before
     _assert_exactly_once(out, 8, 8)
-    assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")], "temporary files left"
+    assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")], (
+        "temporary files left"
+    )
     assert not (out / "_staging").exists(), "part files left after the job completed"
     assert len(list((out / "videos").iterdir())) == 8  # one file per shard
 
@@ -161,15 +173,30 @@ def test_resume_retries_transient_failures_only(ray_session, tmp_path):
     run_job(spec)
     # What an earlier run that could not read v01.mp4 would have committed: its row failed with
     # a transient type, no clips for it, and the marker listing it for retry.
-    videos_file, clips_file = out / "videos" / "shard-000000.parquet", next((out / "clips").iterdir())
+    videos_file, clips_file = (
+        out / "videos" / "shard-000000.parquet",
+        next((out / "clips").iterdir()),
+    )
     marker_file = out / "_shards" / "shard-000000.json"
     videos = pq.read_table(videos_file)
     victim = next(v for v in videos.to_pylist() if v["video_uri"].endswith("v01.mp4"))
-    rows = [{**v, "status": "error", "error_type": "SourceRead", "error_message": "connection reset",
-             "num_clips": 0} if v["video_id"] == victim["video_id"] else v for v in videos.to_pylist()]
+    rows = [
+        {
+            **v,
+            "status": "error",
+            "error_type": "SourceRead",
+            "error_message": "connection reset",
+            "num_clips": 0,
+        }
+        if v["video_id"] == victim["video_id"]
+        else v
+        for v in videos.to_pylist()
+    ]
     pq.write_table(type(videos).from_pylist(rows, schema=videos.schema), videos_file)
     clips = pq.read_table(clips_file)
-    pq.write_table(clips.filter(pc.not_equal(clips.column("video_id"), victim["video_id"])), clips_file)
+    pq.write_table(
+        clips.filter(pc.not_equal(clips.column("video_id"), victim["video_id"])), clips_file
+    )
     marker = json.loads(marker_file.read_text())
     marker["retry"] = [victim["video_id"]]
     marker_file.write_text(json.dumps(marker))

@@ -39,10 +39,11 @@ SCRIPT = textwrap.dedent("""
 
     threading.Thread(target=remove_a_node, daemon=True).start()
     try:
-        result = run_job(tiny_spec(archive, out, models=[{"name": "frame-average", "batch_size": 2}],
-                                   shard_size=2))
+        models = [{"name": "frame-average", "batch_size": 2}]
+        result = run_job(tiny_spec(archive, out, models=models, shard_size=2))
         alive = lambda: len([n for n in ray.nodes() if n["Alive"]])
-        deadline = time.time() + 90  # the GCS marks a vanished node dead after its health checks fail
+        # the GCS marks a vanished node dead after its health checks fail
+        deadline = time.time() + 90
         while alive() > 2 and time.time() < deadline:
             time.sleep(1)
         print("RESULT " + json.dumps({"summary": result.summary, "removed": bool(removed),
@@ -60,11 +61,16 @@ def test_job_survives_losing_a_worker_node(tmp_path):
         make_video(archive / f"v{i}.mp4", num_frames=36, seed=i)
     out = tmp_path / "out"
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(archive), str(out)], cwd=repo,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(archive), str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(lines[-1][len("RESULT "):])
+    report = json.loads(lines[-1][len("RESULT ") :])
     assert report["removed"], "the node was not removed while the job ran"
     assert report["alive_nodes"] == 2
     assert report["summary"]["videos_ok"] == 10

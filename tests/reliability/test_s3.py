@@ -13,16 +13,18 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from pipeline.query import query
 from pipeline.job import run_job
-from tests.pipeline.conftest import free_port, s3_server  # noqa: F401 (a fixture)
+from pipeline.query import query
+from tests.pipeline.conftest import free_port
 from tests.pipeline.jobs_util import tiny_spec
 from tests.videos import make_tar, make_video
 
 FRAMES, CLIPS_PER_VIDEO = 24, 3  # tiny sampling: 4 frames every 2nd, non-overlapping
 LONG_FRAMES, LONG_CLIPS = 60, 8
-_SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
+_SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 
 
 def _upload(storage_options: dict[str, Any], local: Path, uri: str) -> None:
@@ -32,32 +34,54 @@ def _upload(storage_options: dict[str, Any], local: Path, uri: str) -> None:
     fs.put_file(str(local), uri.removeprefix("s3://"))
 
 
-def _make_archive(tmp: Path, bucket: str, storage_options: dict[str, Any], n_plain: int,
-                  n_tar: int, frames: int = FRAMES) -> str:
+def _make_archive(
+    tmp: Path,
+    bucket: str,
+    storage_options: dict[str, Any],
+    n_plain: int,
+    n_tar: int,
+    frames: int = FRAMES,
+) -> str:
     """``n_plain`` videos as objects and ``n_tar`` more in ``shard.tar``, under one prefix."""
     for i in range(n_plain):
         video = Path(make_video(tmp / f"v{i:02d}.mp4", num_frames=frames, seed=i))
         _upload(storage_options, video, f"{bucket}/archive/{video.name}")
-    members = {f"t{i:02d}.mp4": make_video(tmp / f"t{i:02d}.mp4", num_frames=frames, seed=50 + i)
-               for i in range(n_tar)}
+    members = {
+        f"t{i:02d}.mp4": make_video(tmp / f"t{i:02d}.mp4", num_frames=frames, seed=50 + i)
+        for i in range(n_tar)
+    }
     if members:
-        _upload(storage_options, Path(make_tar(tmp / "shard.tar", members)),
-                f"{bucket}/archive/shard.tar")
+        _upload(
+            storage_options,
+            Path(make_tar(tmp / "shard.tar", members)),
+            f"{bucket}/archive/shard.tar",
+        )
     return f"{bucket}/archive/"
 
 
-def _assert_complete(output: str, storage_options: dict[str, Any], n_videos: int,
-                     clips_per_video: int = CLIPS_PER_VIDEO) -> None:
+def _assert_complete(
+    output: str,
+    storage_options: dict[str, Any],
+    n_videos: int,
+    clips_per_video: int = CLIPS_PER_VIDEO,
+) -> None:
     """Exactly one clips row per (video_id, clip_index, model) and every video ok, read back
     from S3 through the query layer."""
-    repeated = query(output, "select video_id, clip_index, model, count(*) as n from clips "
-                             "group by all having n <> 1", storage_options)
+    repeated = query(
+        output,
+        "select video_id, clip_index, model, count(*) as n from clips group by all having n <> 1",
+        storage_options,
+    )
     assert repeated.num_rows == 0, f"repeated clip rows: {repeated.to_pylist()}"
-    clips = query(output, "select count(*) as n, count(distinct video_id) as videos from clips",
-                  storage_options).to_pylist()[0]
+    clips = query(
+        output,
+        "select count(*) as n, count(distinct video_id) as videos from clips",
+        storage_options,
+    ).to_pylist()[0]
     assert clips == {"n": n_videos * clips_per_video, "videos": n_videos}
-    videos = query(output, "select status, error_type, error_message, video_uri from videos",
-                   storage_options).to_pylist()
+    videos = query(
+        output, "select status, error_type, error_message, video_uri from videos", storage_options
+    ).to_pylist()
     assert len(videos) == n_videos
     assert [v for v in videos if v["status"] != "ok"] == []
 
@@ -74,8 +98,12 @@ def test_job_reads_archive_and_writes_tables_on_s3(ray_session, s3_server, tmp_p
     assert result.summary["videos_ok"] == 4 and result.summary["clips"] == 4 * CLIPS_PER_VIDEO
     _assert_complete(output, opts, 4)
     uris = query(output, "select video_uri from videos order by 1", opts).column(0).to_pylist()
-    assert [u.rsplit("/", 1)[-1] for u in uris] == ["shard.tar#t00.mp4", "shard.tar#t01.mp4",
-                                                    "v00.mp4", "v01.mp4"]
+    assert [u.rsplit("/", 1)[-1] for u in uris] == [
+        "shard.tar#t00.mp4",
+        "shard.tar#t01.mp4",
+        "v00.mp4",
+        "v01.mp4",
+    ]
     # Publishing is atomic on S3 by single PUTs: no temporary or probe objects are left behind.
     import s3fs
 
@@ -102,9 +130,11 @@ class FlakyS3:
 
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self.storage_options = {"key": "testing-key", "secret": "testing-secret",
-                                "client_kwargs": {"endpoint_url": self.endpoint_url,
-                                                  "region_name": "us-east-1"}}
+        self.storage_options = {
+            "key": "testing-key",
+            "secret": "testing-secret",
+            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
+        }
         self.mode = "up"
         self.failed_requests = 0
         self._moto = DomainDispatcherApplication(create_backend_app)
@@ -118,8 +148,10 @@ class FlakyS3:
             if length:
                 environ["wsgi.input"].read(length)  # leave the kept-alive connection clean
             body = b"" if environ["REQUEST_METHOD"] == "HEAD" else _SLOWDOWN
-            start_response("503 Slow Down", [("Content-Type", "application/xml"),
-                                             ("Content-Length", str(len(body)))])
+            start_response(
+                "503 Slow Down",
+                [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+            )
             return [body]
         return self._moto(environ, start_response)
 
@@ -138,8 +170,9 @@ class FlakyS3:
                     return False  # no answer: the client sees the connection closed
                 return True
 
-        self._server = make_server("127.0.0.1", self.port, self._app, threaded=True,
-                                   request_handler=Handler)
+        self._server = make_server(
+            "127.0.0.1", self.port, self._app, threaded=True, request_handler=Handler
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -172,19 +205,29 @@ def flaky_s3():
 def _make_bucket(server: FlakyS3, name: str) -> str:
     import boto3
 
-    boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                 aws_access_key_id="testing-key",
-                 aws_secret_access_key="testing-secret").create_bucket(Bucket=name)
+    boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing-key",
+        aws_secret_access_key="testing-secret",
+    ).create_bucket(Bucket=name)
     return f"s3://{name}"
 
 
-def _outage_when_clips_appear(server: FlakyS3, bucket: str, kind: str, seconds: float,
-                              done: threading.Event, log: list[str]) -> None:
+def _outage_when_clips_appear(
+    server: FlakyS3, bucket: str, kind: str, seconds: float, done: threading.Event, log: list[str]
+) -> None:
     """Once the job has published its first clips file, fail S3 for ``seconds``."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                          aws_access_key_id="testing-key", aws_secret_access_key="testing-secret")
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing-key",
+        aws_secret_access_key="testing-secret",
+    )
     deadline = time.monotonic() + 240
     while not done.is_set() and time.monotonic() < deadline:
         listed = client.list_objects_v2(Bucket=bucket.removeprefix("s3://"), Prefix="out/clips/")
@@ -207,23 +250,35 @@ def _outage_when_clips_appear(server: FlakyS3, bucket: str, kind: str, seconds: 
 
 
 @pytest.mark.parametrize("kind", ["5xx", "down"])
-def test_s3_outage_mid_job_is_retried_and_tables_are_complete(ray_session, flaky_s3, tmp_path,
-                                                              kind):
+def test_s3_outage_mid_job_is_retried_and_tables_are_complete(
+    ray_session, flaky_s3, tmp_path, kind
+):
     # botocore's retries off (they alone outlast a 2 s outage): the job's own must carry it.
-    opts = {**flaky_s3.storage_options,
-            "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}
+    opts = {
+        **flaky_s3.storage_options,
+        "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+    }
     bucket = _make_bucket(flaky_s3, f"vmb-rel-outage-{kind}")
     n_videos = 4
     archive = _make_archive(tmp_path, bucket, opts, n_plain=3, n_tar=1, frames=LONG_FRAMES)
     output = f"{bucket}/out"
     done = threading.Event()
     events: list[str] = []
-    chaos = threading.Thread(target=_outage_when_clips_appear,
-                             args=(flaky_s3, bucket, kind, 2.0, done, events), daemon=True)
+    chaos = threading.Thread(
+        target=_outage_when_clips_appear,
+        args=(flaky_s3, bucket, kind, 2.0, done, events),
+        daemon=True,
+    )
     chaos.start()
     try:
-        result = run_job(tiny_spec(archive, output, storage_options=opts,
-                                   models=[{"name": "frame-average", "batch_size": 2}]))
+        result = run_job(
+            tiny_spec(
+                archive,
+                output,
+                storage_options=opts,
+                models=[{"name": "frame-average", "batch_size": 2}],
+            )
+        )
     finally:
         done.set()
         chaos.join(30)

@@ -22,17 +22,20 @@ from mlflow import MlflowClient
 
 from pipeline import cli
 from pipeline import job as job_module
-from pipeline.query import query
 from pipeline.job import run_job
-from tests.pipeline.conftest import free_port, s3_server  # noqa: F401 (a fixture)
+from pipeline.query import query
+from tests.pipeline.conftest import free_port
 from tests.pipeline.jobs_util import read_table, tiny_spec
 from tests.videos import make_tar, make_video, make_zip
 
 REPO = Path(__file__).resolve().parents[2]
 HTTP_USER, HTTP_PASSWORD = "alice", "pw-SECRET-0001"
 SIGNATURE, CREDENTIAL = "SIGSECRET0001", "AKIACREDSECRET0001"
-STORAGE_SECRETS = {"key": "AKIAEXAMPLEKEY0001", "secret": "storage-SECRET-0001",
-                   "token": "session-TOKEN-0001"}
+STORAGE_SECRETS = {
+    "key": "AKIAEXAMPLEKEY0001",
+    "secret": "storage-SECRET-0001",
+    "token": "session-TOKEN-0001",
+}
 
 
 def _assert_clean(text: str, secrets: tuple[str, ...], where: str) -> None:
@@ -48,12 +51,15 @@ def _mlflow_text(tracking_uri: str, run_id: str, tmp: Path) -> str:
     files = sorted(p for p in local.rglob("*") if p.is_file())
     assert {p.name for p in files} >= {"summary.json", "failed_videos.csv"}
     return json.dumps([run.data.params, run.data.tags]) + "".join(
-        p.read_bytes().decode("latin-1") for p in files)
+        p.read_bytes().decode("latin-1") for p in files
+    )
 
 
 def _tables_text(output: str, storage_options=None) -> str:
-    rows = [query(output, f"select * from {name}", storage_options).to_pylist()
-            for name in ("clips", "videos")]
+    rows = [
+        query(output, f"select * from {name}", storage_options).to_pylist()
+        for name in ("clips", "videos")
+    ]
     return json.dumps(rows, default=str)
 
 
@@ -110,30 +116,54 @@ def test_uri_credentials_and_unsafe_member_names(ray_session, tmp_path, http_fil
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     video = make_video(inputs / "ok.mp4", num_frames=24, seed=2)
-    make_tar(inputs / "evil.tar", {"../escape-tar.mp4": video, "../../escape-tar2.mp4": video,
-                                   str(abs_target): video, "fine/inner.mp4": video})
-    make_zip(inputs / "evil.zip", {"../escape-zip.mp4": video, "a/../../escape-zip2.mp4": video,
-                                   "inner.mp4": video})
+    make_tar(
+        inputs / "evil.tar",
+        {
+            "../escape-tar.mp4": video,
+            "../../escape-tar2.mp4": video,
+            str(abs_target): video,
+            "fine/inner.mp4": video,
+        },
+    )
+    make_zip(
+        inputs / "evil.zip",
+        {"../escape-zip.mp4": video, "a/../../escape-zip2.mp4": video, "inner.mp4": video},
+    )
     manifest = inputs / "manifest.txt"
-    manifest.write_text(f"{signed}/v0.mp4{query_string}\n{signed}/gone.mp4{query_string}\n"
-                        "evil.tar\nevil.zip\n")
+    manifest.write_text(
+        f"{signed}/v0.mp4{query_string}\n{signed}/gone.mp4{query_string}\nevil.tar\nevil.zip\n"
+    )
     out = tmp_path / "job" / "out"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="pipeline")
 
-    result = run_job(tiny_spec(str(manifest), str(out),
-                               mlflow={"enabled": True, "tracking_uri": tracking}))
+    result = run_job(
+        tiny_spec(str(manifest), str(out), mlflow={"enabled": True, "tracking_uri": tracking})
+    )
 
     rows = read_table(str(out), "videos").to_pylist()
-    names = {(v["video_uri"].split("#", 1)[1] if "#" in v["video_uri"]
-              else v["video_uri"].rsplit("/", 1)[-1]): v for v in rows}
+    names = {
+        (
+            v["video_uri"].split("#", 1)[1]
+            if "#" in v["video_uri"]
+            else v["video_uri"].rsplit("/", 1)[-1]
+        ): v
+        for v in rows
+    }
     assert len(rows) == len(names) == 9, [(v["video_uri"], v["error_type"]) for v in rows]
     ok = sorted(k for k, v in names.items() if v["status"] == "ok")
     assert ok == ["fine/inner.mp4", "inner.mp4", "v0.mp4?X-Amz-Signature=***&X-Amz-Credential=***"]
     unsafe = sorted(k for k, v in names.items() if v["error_type"] == "UnsafeMemberName")
-    assert unsafe == sorted(["../escape-tar.mp4", "../../escape-tar2.mp4", str(abs_target),
-                             "../escape-zip.mp4", "a/../../escape-zip2.mp4"]), unsafe
+    assert unsafe == sorted(
+        [
+            "../escape-tar.mp4",
+            "../../escape-tar2.mp4",
+            str(abs_target),
+            "../escape-zip.mp4",
+            "a/../../escape-zip2.mp4",
+        ]
+    ), unsafe
     assert names["gone.mp4?X-Amz-Signature=***&X-Amz-Credential=***"]["error_type"] == "SourceRead"
 
     secrets = (HTTP_PASSWORD, SIGNATURE, CREDENTIAL)
@@ -144,8 +174,9 @@ def test_uri_credentials_and_unsafe_member_names(ray_session, tmp_path, http_fil
     # Member names never became paths: the output holds the tables only, nothing escaped.
     assert not abs_target.exists()
     written = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
-    assert written and all(p.parts[0] in ("clips", "videos") or p.name == "_job.json"
-                           for p in written), written
+    assert written and all(
+        p.parts[0] in ("clips", "videos") or p.name == "_job.json" for p in written
+    ), written
     escaped = [p for p in tmp_path.rglob("*escape*")] + list(Path("/tmp").glob("escape-*"))
     assert escaped == [], escaped
 
@@ -164,9 +195,15 @@ def test_storage_option_secrets_stay_out_of_everything(ray_session, s3_server, t
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="pipeline")
 
-    result = run_job(tiny_spec(f"{bucket}/in/", output, storage_options=opts,
-                               mlflow={"enabled": True, "tracking_uri": tracking}),
-                     spec_text=json.dumps({"storage_options": opts}))
+    result = run_job(
+        tiny_spec(
+            f"{bucket}/in/",
+            output,
+            storage_options=opts,
+            mlflow={"enabled": True, "tracking_uri": tracking},
+        ),
+        spec_text=json.dumps({"storage_options": opts}),
+    )
 
     assert result.summary["videos_ok"] == 1
     secrets = tuple(STORAGE_SECRETS.values())
@@ -174,14 +211,22 @@ def test_storage_option_secrets_stay_out_of_everything(ray_session, s3_server, t
     _assert_clean(fs.cat_file(f"{bucket[5:]}/out/_job.json").decode(), secrets, "_job.json")
     _assert_clean(_tables_text(output, opts), secrets, "the tables")
     _assert_clean(_mlflow_text(tracking, result.run_id, tmp_path / "artifacts"), secrets, "MLflow")
-    assert json.loads(fs.cat_file(f"{bucket[5:]}/out/_job.json"))["spec"]["storage_options"][
-        "secret"] == "***"
+    assert (
+        json.loads(fs.cat_file(f"{bucket[5:]}/out/_job.json"))["spec"]["storage_options"]["secret"]
+        == "***"
+    )
 
 
 def _vmb(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_never_prints_credentials_of_a_failing_job(s3_server, tmp_path):
@@ -194,8 +239,8 @@ def test_cli_never_prints_credentials_of_a_failing_job(s3_server, tmp_path):
 input = "s3://AKIAEXAMPLE:supersecret@{bucket[5:]}/videos/"
 output = "{out}"
 [storage_options]
-key = "{STORAGE_SECRETS['key']}"
-secret = "{STORAGE_SECRETS['secret']}"
+key = "{STORAGE_SECRETS["key"]}"
+secret = "{STORAGE_SECRETS["secret"]}"
 client_kwargs = {{ endpoint_url = "{s3_server.endpoint_url}", region_name = "us-east-1" }}
 [mlflow]
 enabled = false
@@ -205,8 +250,9 @@ name = "frame-average"
     proc = _vmb(["-v", "run", str(spec), "--no-progress"], tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("vmb run: error: ") and "Traceback" not in proc.stderr
-    _assert_clean(proc.stdout + proc.stderr, ("supersecret", *STORAGE_SECRETS.values()),
-                  "the CLI's output")
+    _assert_clean(
+        proc.stdout + proc.stderr, ("supersecret", *STORAGE_SECRETS.values()), "the CLI's output"
+    )
     assert not out.exists()
 
 
@@ -269,24 +315,36 @@ weights = "{weights}"
 
 BAD_SPECS = {
     "unknown key": ('input = "{archive}"\noutput = "{out}"\ncolour = "blue"\n', "unknown key"),
-    "unknown nested key": ('input = "{archive}"\noutput = "{out}"\n[sampling]\nclip_length = 8\n',
-                           "sampling.clip_length: unknown key"),
-    "wrong type": ('input = "{archive}"\noutput = "{out}"\n[sampling]\nclip_len = "eight"\n',
-                   "sampling.clip_len"),
+    "unknown nested key": (
+        'input = "{archive}"\noutput = "{out}"\n[sampling]\nclip_length = 8\n',
+        "sampling.clip_length: unknown key",
+    ),
+    "wrong type": (
+        'input = "{archive}"\noutput = "{out}"\n[sampling]\nclip_len = "eight"\n',
+        "sampling.clip_len",
+    ),
     "no models": ('input = "{archive}"\noutput = "{out}"\nmodels = []\n', "models"),
-    "model needs weights": ('input = "{archive}"\noutput = "{out}"\n[[models]]\nname = "ifnet-v4"\n'
-                            'task = "motion"\n', "needs weights"),
+    "model needs weights": (
+        'input = "{archive}"\noutput = "{out}"\n[[models]]\nname = "ifnet-v4"\ntask = "motion"\n',
+        "needs weights",
+    ),
     "missing input": ('input = "{archive}/nothing-here"\noutput = "{out}"\n', "does not exist"),
-    "unreachable http input": ('input = "http://127.0.0.1:{port}/a.mp4"\noutput = "{out}"\n',
-                               "input"),
+    "unreachable http input": (
+        'input = "http://127.0.0.1:{port}/a.mp4"\noutput = "{out}"\n',
+        "input",
+    ),
     "unreachable s3 input": (
         'input = "s3://bucket/videos/"\noutput = "{out}"\n[storage_options]\nkey = "k"\n'
         'secret = "s"\nconfig_kwargs = {{ retries = {{ max_attempts = 1 }} }}\n'
-        'client_kwargs = {{ endpoint_url = "http://127.0.0.1:{port}" }}\n', "cannot list input"),
+        'client_kwargs = {{ endpoint_url = "http://127.0.0.1:{port}" }}\n',
+        "cannot list input",
+    ),
     "output is a file": ('input = "{archive}"\noutput = "{file}"\n', "not writable"),
     "output under a file": ('input = "{archive}"\noutput = "{file}/out"\n', "not writable"),
-    "output under a read-only folder": ('input = "{archive}"\noutput = "/proc/vmb-out/{port}"\n',
-                                        "not writable"),
+    "output under a read-only folder": (
+        'input = "{archive}"\noutput = "/proc/vmb-out/{port}"\n',
+        "not writable",
+    ),
 }
 _DEFAULT_MODEL = '\n[mlflow]\nenabled = false\n[[models]]\nname = "frame-average"\n'
 
@@ -299,8 +357,7 @@ def small_archive(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("case", list(BAD_SPECS))
-def test_bad_spec_is_one_clear_error_before_ray(case, small_archive, tmp_path, monkeypatch,
-                                                capsys):
+def test_bad_spec_is_one_clear_error_before_ray(case, small_archive, tmp_path, monkeypatch, capsys):
     template, expected = BAD_SPECS[case]
     out = tmp_path / "out"
     blocker = tmp_path / "a-file"
@@ -324,12 +381,15 @@ def test_bad_spec_is_one_clear_error_before_ray(case, small_archive, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "job.toml"]
 
 
-def test_missing_weights_file_is_one_clear_error_before_ray(small_archive, tmp_path,
-                                                            monkeypatch, capsys):
+def test_missing_weights_file_is_one_clear_error_before_ray(
+    small_archive, tmp_path, monkeypatch, capsys
+):
     spec = tmp_path / "job.toml"
-    spec.write_text(f'input = "{small_archive}"\noutput = "{tmp_path / "out"}"\n[mlflow]\n'
-                    f'enabled = false\n[[models]]\nname = "efficientnet-lite0"\n'
-                    f'weights = "{tmp_path / "missing.pth"}"\n')
+    spec.write_text(
+        f'input = "{small_archive}"\noutput = "{tmp_path / "out"}"\n[mlflow]\n'
+        f'enabled = false\n[[models]]\nname = "efficientnet-lite0"\n'
+        f'weights = "{tmp_path / "missing.pth"}"\n'
+    )
     monkeypatch.setattr(job_module, "_init_ray", _no_ray)
     _undo_cli_globals(monkeypatch)
     code = cli.main(["run", str(spec), "--no-progress"])

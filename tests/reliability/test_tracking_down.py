@@ -17,8 +17,7 @@ from pipeline import cli
 from pipeline import job as job_module
 from pipeline.job import run_job
 from pipeline.tracking import TrackingUnavailableError
-from tests.pipeline.conftest import (  # noqa: F401 (unused_port is a fixture)
-    _kill_group, _wait_healthy, free_port, unused_port)
+from tests.pipeline.conftest import _kill_group, _wait_healthy, free_port
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 from tests.videos import make_video
 
@@ -66,13 +65,14 @@ def cli_main(monkeypatch):
         ray_logger.setLevel(level)
 
 
-def test_server_down_from_the_start_job_writes_tables_and_reports(ray_session, tmp_path,
-                                                                   unused_port, cli_main,
-                                                                   capsys, caplog):
+def test_server_down_from_the_start_job_writes_tables_and_reports(
+    ray_session, tmp_path, unused_port, cli_main, capsys, caplog
+):
     archive = _archive(tmp_path / "in", 2)
     out = tmp_path / "out"
-    spec = _spec_file(tmp_path / "job.toml", archive, out, f"http://127.0.0.1:{unused_port}",
-                      fail_fast=False)
+    spec = _spec_file(
+        tmp_path / "job.toml", archive, out, f"http://127.0.0.1:{unused_port}", fail_fast=False
+    )
 
     assert cli_main(["run", str(spec), "--no-progress"]) == 0
 
@@ -89,11 +89,28 @@ def _start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     log.close()
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -121,10 +138,14 @@ def test_server_killed_mid_job_job_finishes_and_reports(ray_session, tmp_path, m
 
     monkeypatch.setattr(job_module.ShardTracker, "add", add_then_kill)
     try:
-        result = run_job(tiny_spec(str(archive), str(out),
-                                   models=[{"name": "frame-average", "batch_size": 2}],
-                                   mlflow={"enabled": True, "tracking_uri": uri,
-                                           "experiment": "killed"}))
+        result = run_job(
+            tiny_spec(
+                str(archive),
+                str(out),
+                models=[{"name": "frame-average", "batch_size": 2}],
+                mlflow={"enabled": True, "tracking_uri": uri, "experiment": "killed"},
+            )
+        )
     finally:
         _kill_group(proc)
     assert killed == [0], "the server was not killed while the job ran"
@@ -136,8 +157,9 @@ def test_server_killed_mid_job_job_finishes_and_reports(ray_session, tmp_path, m
     assert (out / "_job.json").is_file()
 
 
-def test_fail_fast_with_server_down_fails_before_writing(ray_session, tmp_path, unused_port,
-                                                         cli_main, capsys, monkeypatch):
+def test_fail_fast_with_server_down_fails_before_writing(
+    ray_session, tmp_path, unused_port, cli_main, capsys, monkeypatch
+):
     archive = _archive(tmp_path / "in", 1)
     out = tmp_path / "out"
     uri = f"http://127.0.0.1:{unused_port}"
@@ -145,8 +167,13 @@ def test_fail_fast_with_server_down_fails_before_writing(ray_session, tmp_path, 
     monkeypatch.setattr(job_module, "_execute", lambda *a, **k: executed.append(True))
 
     with pytest.raises(TrackingUnavailableError, match=f"127.0.0.1:{unused_port}"):
-        run_job(tiny_spec(str(archive), str(out),
-                          mlflow={"enabled": True, "tracking_uri": uri, "fail_fast": True}))
+        run_job(
+            tiny_spec(
+                str(archive),
+                str(out),
+                mlflow={"enabled": True, "tracking_uri": uri, "fail_fast": True},
+            )
+        )
     assert not executed and not out.exists()
 
     spec = _spec_file(tmp_path / "job.toml", archive, out, uri, fail_fast=True)
@@ -165,5 +192,10 @@ def test_fail_fast_happens_before_ray_starts(tmp_path, unused_port, monkeypatch)
     archive = _archive(tmp_path / "in", 1)
     uri = f"http://127.0.0.1:{unused_port}"
     with pytest.raises(TrackingUnavailableError):
-        run_job(tiny_spec(str(archive), str(tmp_path / "out"),
-                          mlflow={"enabled": True, "tracking_uri": uri, "fail_fast": True}))
+        run_job(
+            tiny_spec(
+                str(archive),
+                str(tmp_path / "out"),
+                mlflow={"enabled": True, "tracking_uri": uri, "fail_fast": True},
+            )
+        )
