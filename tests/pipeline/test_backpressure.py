@@ -60,13 +60,13 @@ def test_job_runs_under_its_own_limit_and_keeps_every_clip(ray_session, tmp_path
     assert expected * clip_bytes(spec) > 5 * limit  # the cap holds a small part of the archive
 
     executed = []  # the DataContext of every Dataset the job iterates
-    iter_rows = rd.Dataset.iter_rows
+    iter_batches = rd.Dataset.iter_batches
 
     def spy(self, *args, **kwargs):
         executed.append(self.context)
-        return iter_rows(self, *args, **kwargs)
+        return iter_batches(self, *args, **kwargs)
 
-    monkeypatch.setattr(rd.Dataset, "iter_rows", spy)
+    monkeypatch.setattr(rd.Dataset, "iter_batches", spy)
     shared = rd.DataContext.get_current()
     before = (shared.execution_options.resource_limits, shared.target_max_block_size)
 

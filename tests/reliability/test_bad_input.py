@@ -207,7 +207,7 @@ def test_vfr_clip_times_are_the_frames_presentation_times(mixed_job, bad_archive
 def test_nothing_is_written_outside_the_output(mixed_job, bad_archive):
     _, out = mixed_job
     written = {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file()}
-    assert written <= {"clips", "videos", "_job.json"}
+    assert written <= {"clips", "videos", "_shards", "_job.json"}
     assert all(
         p.suffix == ".parquet" for p in out.rglob("*") if p.parent.name in ("clips", "videos")
     )

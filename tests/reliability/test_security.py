@@ -175,7 +175,7 @@ def test_uri_credentials_and_unsafe_member_names(ray_session, tmp_path, http_fil
     assert not abs_target.exists()
     written = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
     assert written and all(
-        p.parts[0] in ("clips", "videos") or p.name == "_job.json" for p in written
+        p.parts[0] in ("clips", "videos", "_shards") or p.name == "_job.json" for p in written
     ), written
     escaped = [p for p in tmp_path.rglob("*escape*")] + list(Path("/tmp").glob("escape-*"))
     assert escaped == [], escaped
