@@ -16,7 +16,9 @@ imports and Ray start-up are not counted. What it records:
   thread; model only is the model runner the model actor builds, over the decoded clips, in
   the job's batch size. Both over an evenly spaced sample of the largest archive's videos
   (every video up to ``BOUND_SAMPLE``): the videos are six encodes repeated, so the rate per
-  video is the archive's. Target >= 0.85.
+  video is the archive's. The bounds are measured before the first job and after the last and
+  averaged (wall-clock rates move with the load of a shared machine; each row records its
+  load). Target >= 0.85.
 - **data files per 1,000 videos per model**: ``*.parquet`` under ``clips/`` and ``videos/``
   (target <= 2: one of each per shard of 1,000).
 - **driver CPU seconds per 1,000 videos**: ``time.process_time()`` of the child (every thread of
@@ -68,7 +70,7 @@ from bench.common import REPO, Settings, interleaved, log, machine, median, save
 JOB = REPO / "jobs" / "classify.toml"
 SIZE = 112
 BASE_VIDEOS = 20  # first-clip time and manifest prefix are compared against this archive
-BOUND_SAMPLE = 1000  # videos decoded (and clips classified) for the decode-only / model-only bounds
+BOUND_SAMPLE = 500  # videos decoded (and clips classified) for the decode-only / model-only bounds
 FULL_SIZES = (2000, 20000)
 QUICK_SIZES = (40,)
 MULTINODE_VIDEOS = {True: 20, False: 200}
@@ -118,7 +120,7 @@ def _nbytes(x: Any) -> int:
     if hasattr(x, "as_pydict"):
         return _nbytes(x.as_pydict())
     if hasattr(x, "keys") and hasattr(x, "__getitem__"):  # Ray Data rows
-        return sum(_nbytes(x[k]) for k in x.keys())
+        return sum(_nbytes(x[k]) for k in x)
     return 8
 
 
@@ -323,13 +325,21 @@ def model_only(spec, clips: list[np.ndarray], videos: int) -> tuple[float, float
 def bounds(archive: Path, tmp: Path) -> dict[str, Any]:
     spec = load_job(archive, tmp / "bounds-out")
     paths = sample(inputs.archive_videos(archive), BOUND_SAMPLE)
+    load = round(os.getloadavg()[0], 2)
     d_rate, d_cpu, clips = decode_only(spec, paths)
     if len(clips) != len(paths):
         raise RuntimeError(f"expected one clip per video, got {len(clips)} from {len(paths)} videos")
     m_rate, m_cpu = model_only(spec, clips, len(paths))
     return {"videos": len(paths), "decode_videos_per_s": d_rate, "decode_cpu_s_per_video": d_cpu,
             "model_videos_per_s": m_rate, "model_cpu_s_per_video": m_cpu,
-            "bound_videos_per_s": min(d_rate, m_rate)}
+            "bound_videos_per_s": min(d_rate, m_rate), "load": load}
+
+
+def mean_bounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bounds measured before and after the jobs, averaged key by key (``runs`` kept)."""
+    keys = [k for k in runs[0] if k != "videos"]
+    return {"videos": runs[0]["videos"], **{k: float(np.mean([r[k] for r in runs])) for k in keys},
+            "runs": runs}
 
 
 # The query layouts ---------------------------------------------------------------------------
@@ -360,6 +370,12 @@ def per_video_layout(output: Path, dest: Path) -> dict[str, int]:
     return files
 
 
+def _canonical(rows: list[dict[str, Any]]) -> list[tuple]:
+    """Rows in a fixed order, floats rounded (sums over files in another order differ in the
+    last bits)."""
+    return sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in r.values()) for r in rows)
+
+
 def query_compare(output: Path, tmp: Path, repeats: int) -> dict[str, Any]:
     from pipeline.query import query
 
@@ -371,7 +387,7 @@ def query_compare(output: Path, tmp: Path, repeats: int) -> dict[str, Any]:
     for name, sql in QUERIES.items():
         for layout, root in (("job", output), ("per video", per_video)):
             def fn(root=root, sql=sql, key=(name, layout)):
-                answers[key] = query(str(root), sql).to_pylist()
+                answers[key] = _canonical(query(str(root), sql).to_pylist())
             fns[(name, layout)] = fn
     samples = interleaved(fns, repeats, warmup=True)
     rows = {}
@@ -426,7 +442,7 @@ def scale_row(r: dict[str, Any], bound: float, base_first: float | None, models:
         "first_clip_s": first, "first_clip_vs_base": (first / base_first) if first and base_first else None,
         "first_file_s": r.get("first_file_s"), "peak_rss_bytes": r["peak_rss_bytes"],
         "driver_bytes": r["driver_bytes"], "driver_bytes_per_clip": r["driver_bytes"] / max(1, clips),
-        "shards": s.get("shards"), "ray_init_s": r["ray_init_s"],
+        "shards": s.get("shards"), "ray_init_s": r["ray_init_s"], "load": r.get("load"),
     }
 
 
@@ -453,15 +469,24 @@ def run(settings: Settings) -> dict:
     with tempfile.TemporaryDirectory(prefix="vmb-archive-") as tmp_name:
         tmp = Path(tmp_name)
         runs: dict[int, dict[str, Any]] = {}
-        for count in (BASE_VIDEOS, *sizes):
+        counts = sorted({BASE_VIDEOS, *sizes})
+        largest = max(counts)
+        bound_archive = inputs.many_names_archive(largest)
+        log(f"archive: decode-only and model-only bounds on the {largest:,}-video archive (before)")
+        bound_runs = [bounds(bound_archive, tmp)]
+        if not settings.quick:  # the first job of a run pays cold page caches (torch, OpenVINO)
+            log(f"archive: warm-up job over {BASE_VIDEOS} videos (not counted)")
+            run_job_child(inputs.many_names_archive(BASE_VIDEOS), tmp / "warm-up", tmp, timeout)
+        for count in counts:
             archive = inputs.many_names_archive(count)
             log(f"archive: vmb job over {count:,} videos")
-            runs[count] = run_job_child(archive, tmp / f"out-{count}", tmp, timeout)
+            load = round(os.getloadavg()[0], 2)
+            runs[count] = run_job_child(archive, tmp / f"out-{count}", tmp, timeout) | {"load": load}
             if not runs[count].get("completed"):
                 raise RuntimeError(f"the {count}-video job did not finish within {timeout:.0f} s")
-        largest = max(sizes)
-        log(f"archive: decode-only and model-only bounds on the {largest:,}-video archive")
-        bound = bounds(inputs.many_names_archive(largest), tmp)
+        log(f"archive: decode-only and model-only bounds on the {largest:,}-video archive (after)")
+        bound_runs.append(bounds(bound_archive, tmp))
+        bound = mean_bounds(bound_runs)
         models = len(load_job(inputs.many_names_archive(largest), tmp / "x").models)
         base_first = first_clip_from_start(runs[BASE_VIDEOS])
         scale = {count: scale_row(r, bound["bound_videos_per_s"], base_first, models)
@@ -474,8 +499,9 @@ def run(settings: Settings) -> dict:
         manifests = {}
         for rows in manifest_rows:
             log(f"archive: manifest of {rows:,} rows")
+            load = round(os.getloadavg()[0], 2)
             r = run_job_child(inputs.manifest(rows, BASE_VIDEOS), tmp / f"manifest-{rows}", tmp, timeout)
-            manifests[rows] = manifest_row(r, rows)
+            manifests[rows] = manifest_row(r, rows) | {"load": load}
         small = manifests[1000]
         for row in manifests.values():
             row["rss_vs_1000"] = row["peak_rss_bytes"] / small["peak_rss_bytes"]
@@ -522,26 +548,31 @@ def render(p: dict[str, Any]) -> str:
             _f(v["first_clip_s"]),
             "" if v is base else (f"{v['first_clip_vs_base']:.2f} {target(v['first_clip_vs_base'] <= 1.2)}"
                                   if v["first_clip_vs_base"] else "n/a"),
-            v["peak_rss_bytes"] / mib, f"{v['driver_bytes_per_clip']:,.0f}"])
+            v["peak_rss_bytes"] / mib, f"{v['driver_bytes_per_clip']:,.0f}", _f(v.get("load"), 1)])
     marginal = p.get("marginal_driver_cpu_s_per_1000")
     out = (f"Archive scale: {p['job']} at {p['size']}x{p['size']}, 2 s 180p videos, one clip each; "
            f"{where}\n" + table(
                ["videos", "clips", "run_job s", "videos/s", "vs min(decode, model) >= 0.85",
                 "data files / 1k videos / model <= 2", "driver CPU s / 1k videos <= 2",
-                f"first clip s", f"vs {BASE_VIDEOS} videos <= 1.2", "driver peak RSS MiB",
-                "driver bytes / clip"], rows))
-    out += (f"\nbounds over {b['videos']:,} of the videos, one process: decode only "
+                "first clip s", f"vs {BASE_VIDEOS} videos <= 1.2", "driver peak RSS MiB",
+                "driver bytes / clip", "load"], rows))
+    loads = "/".join(f"{r['load']:.1f}" for r in b.get("runs", []))
+    out += (f"\nbounds over {b['videos']:,} of the videos, one process, mean of before and after "
+            f"the jobs (load {loads}): decode only "
             f"{b['decode_videos_per_s']:.1f} videos/s ({b['decode_cpu_s_per_video'] * 1000:.1f} ms CPU "
             f"each), model only {b['model_videos_per_s']:.1f} videos/s "
-            f"({b['model_cpu_s_per_video'] * 1000:.1f} ms CPU each); marginal driver CPU per 1k videos "
-            f"between the smallest and largest archive: {_f(marginal)} s")
+            f"({b['model_cpu_s_per_video'] * 1000:.1f} ms CPU each)")
+    if marginal is not None:
+        out += f"; marginal driver CPU per 1k videos, smallest to largest archive: {marginal:.2f} s"
     rows = [[f"{r['rows']:,}", "yes" if r["completed"] else f"stopped at {r.get('timeout_s') or 0:.0f} s",
              _f(r["elapsed_s"]), _f(r["first_clip_s"]), _f(r["first_file_s"]),
              _f(r["first_clip_vs_1000"]), r["peak_rss_bytes"] / mib,
-             f"{r['rss_vs_1000']:.2f} {target(r['rss_vs_1000'] <= 1.2)}"] for r in p["manifests"].values()]
+             f"{r['rss_vs_1000']:.2f} {target(r['rss_vs_1000'] <= 1.2)}", _f(r.get("load"), 1)]
+            for r in p["manifests"].values()]
     out += (f"\n\nManifest (.txt, first {BASE_VIDEOS} rows real videos, the rest missing objects); "
             f"{where}\n" + table(["rows", "finished", "run_job s", "first clip s", "first clips file s",
-                                  "first clip vs 1k", "driver peak RSS MiB", "RSS vs 1k <= 1.2"], rows))
+                                  "first clip vs 1k", "driver peak RSS MiB", "RSS vs 1k <= 1.2",
+                                  "load"], rows))
     mn = p["multinode"]
     writers = mn["shards"].get("writer_nodes") or {}
     rows = [[n["node_id"][:12], n["host"], n["cpus"],
