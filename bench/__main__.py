@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest-rows", type=_counts, default=(), metavar="N",
                    help="archive: also a manifest of N rows against the 1,000-row one (e.g. 1000000)")
     p.add_argument("--archive-timeout", type=float, default=None, metavar="S",
-                   help="archive: stop a job after S seconds (default 3600; --quick 300)")
+                   help="archive: stop a manifest or cluster job after S seconds (default 3600; "
+                        "--quick 300); archive jobs get at least 0.3 s per video")
     a = p.parse_args(argv)
     unknown = [s for s in a.suites if s not in (*SUITES, "sweep")]
     if unknown:

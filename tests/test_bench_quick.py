@@ -59,8 +59,9 @@ def test_bench_archive_quick_prints_its_tables(tmp_path):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env.pop("RAY_ADDRESS", None)
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, "-m", "bench", "archive", "--quick", "--archive-sizes", "20"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=550, check=False)
+    cmd = [sys.executable, "-m", "bench", "archive", "--quick", "--archive-sizes", "20"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=550,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for heading in ("Archive scale:", "Manifest (", "Multi-node:", "Query (pipeline.query.query)"):
         assert heading in proc.stdout, f"missing table {heading!r}:\n{proc.stdout[-3000:]}"
@@ -69,7 +70,7 @@ def test_bench_archive_quick_prints_its_tables(tmp_path):
     row = doc["scale"]["20"]
     assert row["videos"] == row["clips"] == 20  # one clip per video, as the bench is built
     assert row["files"]["clips"] >= 1 and row["files"]["videos"] >= 1
-    assert row["driver_cpu_s"] > 0 and row["driver_bytes"] > 0
+    assert row["driver_cpu_s"] > 0
     assert doc["manifests"]["1000"]["completed"] and doc["manifests"]["1000"]["clips"] == 20
     assert doc["multinode"]["completed"] and len(doc["multinode"]["nodes"]) == 3
     assert all(q["same_answer"] for q in doc["queries"]["queries"].values())
