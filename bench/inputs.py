@@ -27,7 +27,7 @@ from bench.common import CACHE, log
 
 RECIPE_VERSION = 2
 FPS = 25
-RESOLUTIONS = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
+RESOLUTIONS = {"180p": (320, 180), "360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,85 @@ def clips_in(root: Path, clip_len: int = 8, frame_interval: int = 4) -> int:
         n = max(2, round(r["seconds"] * FPS))
         total += 1 if n < span else (n - span) // span + 1
     return total
+
+
+# Archive scale: many names, few encodes ---------------------------------------------------------
+
+SHORT_ENCODES = 6  # distinct 2 s clips behind every name of the scale archives
+VIDEOS_PER_FOLDER = 100
+
+
+def short_encodes() -> list[Path]:
+    """Six distinct 2 s 180p H.264 clips (50 frames: one classify clip of 8 frames every 4th)."""
+    root = build_archive(
+        "short-encodes",
+        [VideoRecipe(f"e{i}", "180p", 2, photo=i, seed=600 + i) for i in range(SHORT_ENCODES)],
+    )
+    return videos(root)
+
+
+def many_names_archive(count: int) -> Path:
+    """``count`` videos under distinct names in nested folders (``dNNNN/vNNNNNN.mp4``, 100 per
+    folder), each a hard link to one of :func:`short_encodes` (a copy where links fail).
+
+    Distinct names give distinct ``video_id``s, so the pipeline treats every name as its own
+    video; the encoder runs six times, not ``count`` times, and the disk holds six files. The
+    folder holds nothing but the videos (its record is ``archive-<count>.json`` beside it).
+    """
+    import os
+    import shutil
+
+    encodes = short_encodes()
+    root = CACHE / f"archive-{count}"
+    state = CACHE / f"archive-{count}.json"
+    want = {
+        "count": count,
+        "per_folder": VIDEOS_PER_FOLDER,
+        "encodes": [[p.name, p.stat().st_size] for p in encodes],
+    }
+    if state.exists() and json.loads(state.read_text()) == want:
+        return root
+    log(f"linking archive-{count} ({count} names over {len(encodes)} encodes) under {root}")
+    shutil.rmtree(root, ignore_errors=True)
+    for i in range(count):
+        folder = root / f"d{i // VIDEOS_PER_FOLDER:04d}"
+        if i % VIDEOS_PER_FOLDER == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"v{i:06d}.mp4"
+        try:
+            os.link(encodes[i % len(encodes)], target)
+        except OSError:
+            shutil.copyfile(encodes[i % len(encodes)], target)
+    state.write_text(json.dumps(want))
+    return root
+
+
+def archive_videos(root: Path) -> list[Path]:
+    """Every video of a :func:`many_names_archive`, in listing order."""
+    return sorted(root.glob("d*/*.mp4"))
+
+
+def manifest(rows: int, real: int = 20) -> Path:
+    """A ``.txt`` manifest of ``rows`` URIs: the first ``real`` name the videos of
+    ``many_names_archive(real)``, the rest name distinct objects that do not exist (each one
+    becomes a ``SourceRead`` row of the ``videos`` table, never a clip).
+
+    A million real names would need a million directory entries; missing objects make the
+    listing as long at no disk cost, and the first rows still give the job something to decode,
+    so the time to the first clip can be compared between a short and a long manifest (the
+    short one is the long one's first ``rows`` lines).
+    """
+    path = CACHE / f"manifest-{rows}-{real}real.txt"
+    if path.exists():
+        return path
+    present = [str(p) for p in archive_videos(many_names_archive(real))][: min(real, rows)]
+    missing = CACHE / "missing"
+    log(f"writing a manifest of {rows:,} rows ({len(present)} real) at {path}")
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        f.writelines(f"{p}\n" for p in present)
+        f.writelines(
+            f"{missing}/m{i // 1000:04d}/x{i:07d}.mp4\n" for i in range(len(present), rows)
+        )
+    tmp.replace(path)
+    return path

@@ -63,3 +63,30 @@ def test_bench_quick_runs_every_suite(tmp_path):
     import blocks as registry
 
     assert {r["name"] for r in blocks["models"]} == set(registry.list_blocks())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_archive_quick_prints_its_tables(tmp_path):
+    """The archive suite on one 20-video archive, the 1,000-row manifest, the two-node cluster
+    and the query layouts (about a minute): its tables come out and its record is complete."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "bench", "archive", "--quick", "--archive-sizes", "20"]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=550, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for heading in ("Archive scale:", "Manifest (", "Multi-node:", "Query (pipeline.query.query)"):
+        assert heading in proc.stdout, f"missing table {heading!r}:\n{proc.stdout[-3000:]}"
+    doc = json.loads((REPO / "bench" / "results" / "quick-archive.json").read_text())
+    assert doc["machine"]["cpu"] and doc["cpu"] == doc["machine"]["cpu"]
+    row = doc["scale"]["20"]
+    assert row["videos"] == row["clips"] == 20  # one clip per video, as the bench is built
+    assert row["files"]["clips"] >= 1 and row["files"]["videos"] >= 1
+    assert row["driver_cpu_s"] > 0
+    assert doc["manifests"]["1000"]["completed"] and doc["manifests"]["1000"]["clips"] == 20
+    assert doc["multinode"]["completed"] and len(doc["multinode"]["nodes"]) == 3
+    assert all(q["same_answer"] for q in doc["queries"]["queries"].values())
