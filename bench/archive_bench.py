@@ -726,7 +726,8 @@ def render(p: dict[str, Any]) -> str:
                 v["run_job_s"],
                 v["videos_per_s"],
                 f"{v['ratio']:.2f} {target(v['ratio'] >= 0.85)}",
-                f"{v['files_per_1000_per_model']:,.0f} {target(v['files_per_1000_per_model'] <= 2)}",
+                f"{v['files_per_1000_per_model']:,.0f} "
+                + target(v["files_per_1000_per_model"] <= 2),
                 f"{cpu_k:.2f} {target(cpu_k <= 2)}"
                 + ("" if ours is None else f" (summary {ours:.2f})"),
                 _f(v["first_clip_s"]),
@@ -819,7 +820,8 @@ def render(p: dict[str, Any]) -> str:
     ]
     out += (
         f"\n\nMulti-node: ray.cluster_utils.Cluster, head 0 CPUs + two 1-CPU nodes, "
-        f"{mn['videos']} videos, {_f(mn['clips'])} clips, finished: {mn['completed']}; driver received "
+        f"{mn['videos']} videos, {_f(mn['clips'])} clips, finished: {mn['completed']}; "
+        "driver received "
         f"{_f(mn['driver_bytes_per_clip'], 0)} bytes per clip; shard markers: "
         f"{mn['shards'].get('markers', 0)}; {where}\n"
         + table(["node", "host", "CPUs", "shards written (_shards/*.json node_id)"], rows)
@@ -831,7 +833,8 @@ def render(p: dict[str, Any]) -> str:
     ]
     jf, pf = q["job_files"], q["per_video_files"]
     out += (
-        f"\n\nQuery (pipeline.query.query) over the {max(int(k) for k in p['scale']):,}-video output: "
+        "\n\nQuery (pipeline.query.query) over the "
+        f"{max(int(k) for k in p['scale']):,}-video output: "
         f"job layout {jf['clips']:,} + {jf['videos']:,} files, one file per video "
         f"{pf['clips']:,} + {pf['videos']:,} files; median of {q['repeats']}; {where}\n"
         + table(["query", "job layout ms", "per video ms", "per video / job", "same answer"], rows)
