@@ -59,7 +59,9 @@ class IsolatedDecoder:
         self._request_id = 0
         self.restarts = 0
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the child now (it imports its modules while the caller does other work);
+        ``run`` starts it otherwise."""
         parent, child = self._ctx.Pipe(duplex=True)
         self._proc = self._ctx.Process(target=_child_loop, args=(child, self._produce), daemon=True)
         self._proc.start()
@@ -83,7 +85,7 @@ class IsolatedDecoder:
         long as the models need to catch up, and that is not a hang.
         """
         if self._proc is None or not self._proc.is_alive():
-            self._start()
+            self.start()
         self._request_id += 1
         request_id = self._request_id
         self._conn.send((request_id, args))

@@ -138,6 +138,8 @@ class DecodeWorker:
         self.isolated = (
             IsolatedDecoder(decode_segment) if self.decode.isolation == "process" else None
         )
+        if self.isolated:  # spawned while the other actors are built, not on the first segment
+            self.isolated.start()
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         base = {name: row.get(name) for name in VIDEO_COLUMNS if name != "clips_in_segment"}

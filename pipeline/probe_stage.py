@@ -103,6 +103,8 @@ class ProbeWorker:
         self.args = (sampling, dict(storage_options))
         self.timeout_s = timeout_s
         self.isolated = IsolatedDecoder(plan_segments) if isolated else None
+        if self.isolated:  # spawned while the other actors are built, not on the first video
+            self.isolated.start()
         self.schema = segment_schema()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
