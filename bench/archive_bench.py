@@ -7,7 +7,7 @@ its own name in nested folders (``inputs.many_names_archive``), so the pipeline 
 videos while the disk holds six files.
 
 Every job runs in a fresh child process (``python -m bench.archive_bench job ...``) that
-starts Ray first and then times ``pipeline.runner.run_job`` alone, so interpreter start-up,
+starts Ray first and then times ``pipeline.job.run_job`` alone, so interpreter start-up,
 imports and Ray start-up are not counted. What it records:
 
 - **videos/s** over ``run_job`` (listing, probing, decode, models, writing) against
@@ -246,7 +246,7 @@ def child_job(archive: str, output: str, result: str, address: str | None, deadl
     """Run one job in this process and write what it cost to ``result`` (JSON)."""
     import ray
 
-    from pipeline.runner import run_job
+    from pipeline.job import run_job
 
     rss_imports = _max_rss()
     t = time.perf_counter()
@@ -393,11 +393,11 @@ def model_only(spec, clips: list[np.ndarray], videos: int) -> tuple[float, float
     """(videos/s, CPU s per video) of the model runner the model actor builds, on the clips."""
     import torch
 
-    from pipeline.model_runners import build_runner
+    from pipeline.models import build_model
 
     threads = torch.get_num_threads()
     m = spec.models[0]
-    runner = build_runner(
+    runner = build_model(
         m, output=spec.output, clip_shape=(spec.sampling.clip_len, *spec.sampling.size)
     )
     metas = [
