@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from pipeline.records import ClipPlan, VideoProbe, VideoTask
 
-# -- shard placement (carried by every row from the listing to the writer) ---------------------
+# Shard placement (carried by every row from the listing to the writer).
 SHARD = "shard"  # shard index, from 0 in listing order
 SHARD_VIDEOS = "shard_videos"  # videos of this shard that this run processes
 SHARD_BASE = "shard_base"  # True: merge with the shard's committed files (a partial redo)
@@ -49,7 +49,7 @@ TASK_SCHEMA = pa.schema(
 )
 TASK_FIELDS = tuple(f.name for f in dataclasses.fields(VideoTask))
 
-# -- probe ----------------------------------------------------------------------------------------
+# Probe.
 _ARROW_OF = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 PROBE_PREFIX = "probe_"
 PROBE_FIELDS = tuple(f.name for f in dataclasses.fields(VideoProbe))
@@ -80,7 +80,7 @@ def probe_from_row(row: dict[str, Any]) -> VideoProbe | None:
     return VideoProbe(**{name: row[PROBE_PREFIX + name] for name in PROBE_FIELDS})
 
 
-# -- segments -------------------------------------------------------------------------------------
+# Segments.
 CLIP_PLAN_TYPE = pa.struct(
     [
         ("clip_index", pa.int32()),
@@ -135,7 +135,7 @@ def task_from_row(row: dict[str, Any]) -> VideoTask:
     return VideoTask(**{name: row.get(name) for name in TASK_FIELDS})
 
 
-# -- clips (decode -> models -> writer) -----------------------------------------------------------
+# Clips (decode -> models -> writer).
 # Columns of a clip row besides the frames; the video-level ones repeat on each of its clips so
 # the writer can record the video without a lookup.
 VIDEO_COLUMNS = (
@@ -165,7 +165,7 @@ CLIP_COLUMNS = (
 )
 FRAMES = "frames"
 
-# -- model columns ----------------------------------------------------------------------------
+# Model columns.
 MODEL_FIELDS = (
     "labels",
     "scores",
@@ -186,7 +186,7 @@ def model_column(key: str, name: str) -> str:
     return f"{key}:{name}"
 
 
-# -- status rows (writer -> driver) ---------------------------------------------------------------
+# Status rows (writer -> driver).
 STATUS_SCHEMA = pa.schema(
     [
         (SHARD, pa.int64()),
@@ -205,6 +205,5 @@ STATUS_SCHEMA = pa.schema(
             pa.list_(pa.string()),
         ),  # part files (relative to the staging folder) holding its rows
         ("done_at", pa.float64()),  # earliest time one of its clips left the last model (epoch s)
-        ("bytes_received", pa.int64()),
     ]
 )

@@ -155,7 +155,6 @@ def status_rows(part: pa.Table, parts: list[str], done_at: float | None) -> list
                 "emitted_before_error": 0,
                 "parts": parts,
                 "done_at": done_at,
-                "bytes_received": 0,
             }
         if cols["ok"][i]:
             row["clip_indices"].append(cols["clip_index"][i])

@@ -126,7 +126,6 @@ def _status(
         "emitted_before_error": emitted,
         "parts": list(parts),
         "done_at": 5.0,
-        "bytes_received": 0,
     }
     return pa.Table.from_pylist([row], schema=STATUS_SCHEMA)
 
