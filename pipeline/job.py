@@ -31,7 +31,7 @@ from pipeline.listing_source import listing_report_uri
 from pipeline.models import check_model_spec, check_weights
 from pipeline.output import JobOutput, clips_file, marker_file, videos_file
 from pipeline.ray_logging import ray_init_kwargs
-from pipeline.resources import COMMIT_CPUS
+from pipeline.resources import COMMIT_CPUS, COMMITS_IN_FLIGHT
 from pipeline.shard_commit import Relist, commit_shard
 from pipeline.shard_tracker import ReadyShard, ShardTracker
 from pipeline.shards import ShardMarker
@@ -248,6 +248,8 @@ class _Commits:
         self.pending: list[Any] = []
 
     def submit(self, ready: ReadyShard, relist: bool = False) -> None:
+        while len(self.pending) >= COMMITS_IN_FLIGHT:
+            self.poll(wait_for_one=True)
         spec = self.spec
         self.pending.append(
             self.task.remote(
@@ -265,11 +267,15 @@ class _Commits:
             )
         )
 
-    def poll(self, wait: bool = False) -> None:
+    def poll(self, wait: bool = False, wait_for_one: bool = False) -> None:
+        """Take the counts of finished commits: those done now, one (``wait_for_one``) or all
+        (``wait``)."""
         if not self.pending:
             return
         done, self.pending = self.ray.wait(
-            self.pending, num_returns=len(self.pending), timeout=None if wait else 0
+            self.pending,
+            num_returns=1 if wait_for_one else len(self.pending),
+            timeout=None if wait or wait_for_one else 0,
         )
         for counts in self.ray.get(done):
             self.totals.add(counts)

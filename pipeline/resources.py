@@ -14,6 +14,11 @@ PROBE_CPUS = 0.25
 WRITER_CPUS = 0.1
 COMMIT_CPUS = 0.1
 SMALL_STAGES_CPUS = LISTING_CPUS + PROBE_CPUS + WRITER_CPUS + COMMIT_CPUS
+# Writer tasks and shard commits running at once. Their CPU requests are fractions, so without a
+# cap Ray would run up to 1 / WRITER_CPUS of them per CPU, each in a worker process of its own
+# that must start and import first: on a 2-CPU node, a storm of process start-ups.
+WRITERS_IN_FLIGHT = 2
+COMMITS_IN_FLIGHT = 2
 
 # Model batches of decoded clips the object store may hold per model actor. Measured on the
 # overlap benchmark's 249 clips (OpenVINO model, 2 cores): with 3 batches and one-clip blocks the

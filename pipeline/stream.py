@@ -15,7 +15,14 @@ from pipeline.listing_source import ShardListingDatasource
 from pipeline.model_stage import ModelWorker
 from pipeline.models import infer_task
 from pipeline.probe_stage import ProbeWorker
-from pipeline.resources import LISTING_CPUS, PROBE_CPUS, WRITER_CPUS, bound_memory, fit_resources
+from pipeline.resources import (
+    LISTING_CPUS,
+    PROBE_CPUS,
+    WRITER_CPUS,
+    WRITERS_IN_FLIGHT,
+    bound_memory,
+    fit_resources,
+)
 from pipeline.shard_writer import write_parts
 from pipeline.shards import ShardMarker
 from pipeline.spec import JobSpec
@@ -106,6 +113,7 @@ def build_stream(
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=WRITER_CPUS,
+        compute=rd.TaskPoolStrategy(size=WRITERS_IN_FLIGHT),
     )
 
 
