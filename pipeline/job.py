@@ -29,7 +29,7 @@ from pipeline.archive import check_archive
 from pipeline.errors import UserError
 from pipeline.listing_source import listing_report_uri
 from pipeline.models import check_model_spec, check_weights
-from pipeline.output import JobOutput, clips_file, marker_file, videos_file
+from pipeline.output import JobOutput, clips_file, marker_file, remove, videos_file
 from pipeline.ray_logging import ray_init_kwargs
 from pipeline.resources import COMMIT_CPUS, COMMITS_IN_FLIGHT
 from pipeline.shard_commit import Relist, commit_shard
@@ -37,7 +37,7 @@ from pipeline.shard_tracker import ReadyShard, ShardTracker
 from pipeline.shards import ShardMarker
 from pipeline.spec import JobSpec
 from pipeline.stream import build_stream, iter_status
-from pipeline.uris import filesystem, redact, redact_uri
+from pipeline.uris import redact, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,11 @@ class _Totals:
 class _Commits:
     """Shard commits in flight, as Ray tasks; their counts go into ``totals`` as they finish."""
 
-    def __init__(self, spec: JobSpec, ray, totals: _Totals):
-        self.spec, self.ray, self.totals = spec, ray, totals
-        self.task = ray.remote(num_cpus=COMMIT_CPUS, max_retries=3)(commit_shard)
+    def __init__(self, spec: JobSpec, ray, totals: _Totals, run: str):
+        self.spec, self.ray, self.totals, self.run = spec, ray, totals, run
+        self.task = ray.remote(num_cpus=COMMIT_CPUS, max_retries=3, retry_exceptions=[OSError])(
+            commit_shard
+        )
         self.pending: list[Any] = []
 
     def submit(self, ready: ReadyShard, relist: bool = False) -> None:
@@ -253,6 +255,7 @@ class _Commits:
         spec = self.spec
         self.pending.append(
             self.task.remote(
+                run=self.run,
                 output=spec.output,
                 storage_options=spec.storage_options,
                 index=ready.index,
@@ -291,9 +294,7 @@ def _remove_shards_beyond(
             videos_file(out.output, index),
             marker_file(out.output, index),
         ]:
-            fs, path = filesystem(uri, out.storage_options)
-            if fs.exists(path):
-                fs.rm(path)
+            remove(uri, out.storage_options)
 
 
 def _execute(
@@ -327,7 +328,7 @@ def _execute(
     t_run = time.time()
     timeline: list[tuple[float, int]] = [(0.0, 0)]
     shards, totals = ShardTracker(), _Totals()
-    commits = _Commits(spec, ray, totals)
+    commits = _Commits(spec, ray, totals, run)
     received = 0
     ds = build_stream(spec, ray, job_id=job_id, run=run, markers=markers, versions=versions)
     for status in iter_status(ds):

@@ -52,6 +52,30 @@ def publish(uri: str, data: bytes, storage_options: Mapping[str, Any] | None) ->
     )
 
 
+def read_bytes(uri: str, storage_options: Mapping[str, Any] | None) -> bytes | None:
+    """The file's bytes, or None if there is no such file; transient errors are retried."""
+
+    def read() -> bytes | None:
+        fs, path = filesystem(uri, storage_options)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    return with_retries(read, f"reading {redact_uri(uri)}")
+
+
+def remove(uri: str, storage_options: Mapping[str, Any] | None, *, recursive: bool = False) -> None:
+    """Delete ``uri`` if it exists; transient errors are retried."""
+
+    def rm() -> None:
+        fs, path = filesystem(uri, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+    with_retries(rm, f"removing {redact_uri(uri)}")
+
+
 class JobOutput:
     """The output URI of one job, seen from the driver."""
 
@@ -83,6 +107,9 @@ class JobOutput:
 
     def markers(self) -> dict[int, ShardMarker]:
         """The committed shards (one listing of ``_shards/``: work in proportion to shards)."""
+        return with_retries(self._markers, f"reading the shard markers of {self.output}")
+
+    def _markers(self) -> dict[int, ShardMarker]:
         fs, root = filesystem(self.output, self.storage_options)
         path = f"{root}/{SHARDS_DIR}"
         if not fs.exists(path):
@@ -101,15 +128,11 @@ class JobOutput:
         uri = (
             staging_dir(self.output, index) if index is not None else join(self.output, STAGING_DIR)
         )
-        fs, path = filesystem(uri, self.storage_options)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        remove(uri, self.storage_options, recursive=True)
 
     def read_json(self, uri: str) -> dict[str, Any] | None:
-        fs, path = filesystem(uri, self.storage_options)
-        if not fs.exists(path):
-            return None
-        return json.loads(fs.cat_file(path))
+        data = read_bytes(uri, self.storage_options)
+        return None if data is None else json.loads(data)
 
     def read_job(self) -> dict[str, Any] | None:
         return self.read_json(join(self.output, JOB_FILE))

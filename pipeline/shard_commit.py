@@ -28,7 +28,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.archive import iter_archive
-from pipeline.output import clips_file, marker_file, publish, staging_dir, videos_file
+from pipeline.output import (
+    clips_file,
+    marker_file,
+    publish,
+    read_bytes,
+    remove,
+    staging_dir,
+    videos_file,
+)
 from pipeline.rows import PROBE_PREFIX
 from pipeline.shard_writer import LEDGER, SEGMENT, clips_part_dir, parquet_bytes
 from pipeline.shards import ShardMarker, iter_shards
@@ -49,16 +57,16 @@ def _read_parts(
 ) -> pa.Table | None:
     tables = []
     for rel in rels:
-        fs, path = filesystem(join(folder, rel), storage_options)
-        tables.append(pq.read_table(io.BytesIO(fs.cat_file(path))))
+        data = read_bytes(join(folder, rel), storage_options)
+        if data is None:
+            raise FileNotFoundError(f"part file {redact_uri(join(folder, rel))} is missing")
+        tables.append(pq.read_table(io.BytesIO(data)))
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
 def _read_committed(uri: str, storage_options: Mapping[str, Any]) -> pa.Table | None:
-    fs, path = filesystem(uri, storage_options)
-    if not fs.exists(path):
-        return None
-    return pq.read_table(io.BytesIO(fs.cat_file(path)))
+    data = read_bytes(uri, storage_options)
+    return None if data is None else pq.read_table(io.BytesIO(data))
 
 
 def _without_videos(table: pa.Table | None, video_ids: set[str]) -> pa.Table | None:
@@ -147,9 +155,7 @@ def _relative(output: str, uri: str) -> str:
 def _publish_table(uri: str, table: pa.Table | None, storage_options: Mapping[str, Any]) -> bool:
     """Publish ``table`` at ``uri``; an empty table removes a committed file instead."""
     if table is None or table.num_rows == 0:
-        fs, path = filesystem(uri, storage_options)
-        if fs.exists(path):
-            fs.rm(path)
+        remove(uri, storage_options)
         return False
     publish(uri, parquet_bytes(table, ROW_GROUP_ROWS), storage_options)
     return True
@@ -206,6 +212,7 @@ class Relist:
 
 def commit_shard(
     *,
+    run: str,
     output: str,
     storage_options: Mapping[str, Any],
     index: int,
@@ -219,10 +226,14 @@ def commit_shard(
     """Merge shard ``index``'s parts into its files, publish its marker; returns its counts.
 
     ``incomplete`` (video_id -> message) and ``relist`` are given for a shard the stream ended
-    without completing; see :func:`_lost_videos`.
+    without completing; see :func:`_lost_videos`. Idempotent within a run (``run``): a retry of
+    a commit that finished but could not return (its node died) returns what it counted.
     """
     import ray
 
+    committed = _read_marker(output, index, storage_options)
+    if committed is not None and committed.run == run and committed.counts:
+        return {**committed.counts, "marker": committed.to_json()}
     folder = staging_dir(output, index)
     ledger = _read_parts(folder, [p for p in parts if p.startswith(LEDGER + "/")], storage_options)
     rows, failed = video_rows(ledger) if ledger is not None else ([], set())
@@ -274,7 +285,19 @@ def commit_shard(
         ).to_pylist()
         if r["status"] in ("error", "timeout")
     ]
+    counts = {
+        "index": index,
+        "videos_processed": len(rows),
+        "failures": [f for f in failures if f["video_id"] in redone],
+        "labels": dict(labels),
+        "decode_s": float(sum(r["decode_s"] for r in rows)),
+        "infer_s": float(sum(r["infer_s"] for r in rows)),
+        "statuses": dict(Counter(r["status"] for r in rows)),
+        "clips_new": sum(r["num_clips"] for r in rows),
+    }
     marker = ShardMarker(
+        run=run,
+        counts=counts,
         index=index,
         key=key,
         videos=videos.num_rows,
@@ -293,17 +316,5 @@ def commit_shard(
         json.dumps(marker.to_json(), sort_keys=True).encode(),
         storage_options,
     )
-    fs, path = filesystem(folder, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    return {
-        "index": index,
-        "videos_processed": len(rows),
-        "marker": marker.to_json(),
-        "failures": [f for f in failures if f["video_id"] in redone],
-        "labels": dict(labels),
-        "decode_s": float(sum(r["decode_s"] for r in rows)),
-        "infer_s": float(sum(r["infer_s"] for r in rows)),
-        "statuses": dict(Counter(r["status"] for r in rows)),
-        "clips_new": sum(r["num_clips"] for r in rows),
-    }
+    remove(folder, storage_options, recursive=True)
+    return {**counts, "marker": marker.to_json()}

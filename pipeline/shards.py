@@ -94,6 +94,8 @@ class ShardMarker:
     files: list[str] = field(default_factory=list)
     node_id: str = ""
     committed_at: str = ""
+    run: str = ""  # the job invocation that committed it
+    counts: dict[str, Any] = field(default_factory=dict)  # what that commit reported
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

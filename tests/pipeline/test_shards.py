@@ -252,6 +252,7 @@ def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
         ),
     )
     counts = commit_shard(
+        run="r1",
         output=str(out),
         storage_options={},
         index=0,
@@ -281,6 +282,22 @@ def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
     assert marker["failures_by_type"] == {"Truncated": 1} and marker["retry"] == []
     assert counts["videos_processed"] == 2 and counts["labels"] == {"cat": 4}
     assert not (out / "_staging" / "shard-000000").exists()
+    # A retry of the same commit (its node died before it returned): the parts are gone, the
+    # marker of this run holds what it counted.
+    again = commit_shard(
+        run="r1",
+        output=str(out),
+        storage_options={},
+        index=0,
+        key="key0",
+        parts=sorted(set(parts)),
+        models=["m"],
+        merge_with_committed=False,
+    )
+    assert {k: again[k] for k in counts if k != "marker"} == {
+        k: v for k, v in counts.items() if k != "marker"
+    }
+    assert set(clip_key_counts(read_table(str(out), "clips")).values()) == {1}
 
 
 def test_model_error_fails_the_segment_and_is_retried_on_resume(tmp_path: Path):
@@ -292,6 +309,7 @@ def test_model_error_fails_the_segment_and_is_retried_on_resume(tmp_path: Path):
         ),
     )
     commit_shard(
+        run="r1",
         output=str(out),
         storage_options={},
         index=0,
@@ -305,6 +323,7 @@ def test_model_error_fails_the_segment_and_is_retried_on_resume(tmp_path: Path):
     # the resume redoes "a" and merges it with the committed rows of "b"
     parts = _write(out, _clip_rows("a", 0, [0, 1]))
     commit_shard(
+        run="r2",
         output=str(out),
         storage_options={},
         index=0,
@@ -328,6 +347,7 @@ def test_videos_never_seen_are_recorded_as_incomplete(tmp_path: Path):
         (archive / name).write_bytes(b"x")
     out = tmp_path / "out"
     commit_shard(
+        run="r1",
         output=str(out),
         storage_options={},
         index=0,

@@ -223,7 +223,7 @@ def _make_bucket(server: FlakyS3, name: str) -> str:
 def _outage_when_clips_appear(
     server: FlakyS3, bucket: str, kind: str, seconds: float, done: threading.Event, log: list[str]
 ) -> None:
-    """Once the job has published its first clips file, fail S3 for ``seconds``."""
+    """Once the job's writers have published their first part file, fail S3 for ``seconds``."""
     import boto3
 
     client = boto3.client(
@@ -235,7 +235,7 @@ def _outage_when_clips_appear(
     )
     deadline = time.monotonic() + 240
     while not done.is_set() and time.monotonic() < deadline:
-        listed = client.list_objects_v2(Bucket=bucket.removeprefix("s3://"), Prefix="out/clips/")
+        listed = client.list_objects_v2(Bucket=bucket.removeprefix("s3://"), Prefix="out/_staging/")
         if listed.get("KeyCount", 0):
             break
         time.sleep(0.1)
@@ -282,6 +282,7 @@ def test_s3_outage_mid_job_is_retried_and_tables_are_complete(
                 output,
                 storage_options=opts,
                 models=[{"name": "frame-average", "batch_size": 2}],
+                shard_size=2,
             )
         )
     finally:
