@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_ray = args.command in ("run", "demo") and not args.verbose
     if not args.verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its store set-up notices
         logging.getLogger("ray").setLevel(logging.ERROR)
     # Ray's native log lines go to a file, not into the progress bar (see pipeline.ray_logging).
     with native_stderr_to_file() if quiet_ray else contextlib.nullcontext():
