@@ -237,6 +237,19 @@ def _write(out: Path, table: pa.Table) -> list[str]:
     return [p for ps in status.column("parts").to_pylist() for p in ps]
 
 
+def _commit(out: Path, parts: list[str], *, run: str, merge: bool) -> dict:
+    return commit_shard(
+        run=run,
+        output=str(out),
+        storage_options={},
+        index=0,
+        key="key0",
+        parts=parts,
+        models=["m"],
+        merge_with_committed=merge,
+    )
+
+
 def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
     out = tmp_path / "out"
     parts = _write(out, _clip_rows("a", 0, [0, 1]))
@@ -251,16 +264,7 @@ def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
             ]
         ),
     )
-    counts = commit_shard(
-        run="r1",
-        output=str(out),
-        storage_options={},
-        index=0,
-        key="key0",
-        parts=sorted(set(parts)),
-        models=["m"],
-        merge_with_committed=False,
-    )
+    counts = _commit(out, sorted(set(parts)), run="r1", merge=False)
     clips = read_table(str(out), "clips")
     assert set(clip_key_counts(clips).values()) == {1}
     assert sorted(clips.column("clip_index").to_pylist()) == [0, 1, 2, 3]  # b's clip dropped
@@ -284,16 +288,7 @@ def test_writer_and_commit_publish_one_shard_exactly_once(tmp_path: Path):
     assert not (out / "_staging" / "shard-000000").exists()
     # A retry of the same commit (its node died before it returned): the parts are gone, the
     # marker of this run holds what it counted.
-    again = commit_shard(
-        run="r1",
-        output=str(out),
-        storage_options={},
-        index=0,
-        key="key0",
-        parts=sorted(set(parts)),
-        models=["m"],
-        merge_with_committed=False,
-    )
+    again = _commit(out, sorted(set(parts)), run="r1", merge=False)
     assert {k: again[k] for k in counts if k != "marker"} == {
         k: v for k, v in counts.items() if k != "marker"
     }
@@ -308,30 +303,12 @@ def test_model_error_fails_the_segment_and_is_retried_on_resume(tmp_path: Path):
             [_clip_rows("a", 0, [0, 1], model_error="RuntimeError: x"), _clip_rows("b", 0, [0, 1])]
         ),
     )
-    commit_shard(
-        run="r1",
-        output=str(out),
-        storage_options={},
-        index=0,
-        key="key0",
-        parts=parts,
-        models=["m"],
-        merge_with_committed=False,
-    )
+    _commit(out, parts, run="r1", merge=False)
     marker = json.loads((out / "_shards" / "shard-000000.json").read_text())
     assert marker["retry"] == ["a"] and marker["failures_by_type"] == {"ModelError": 1}
     # the resume redoes "a" and merges it with the committed rows of "b"
     parts = _write(out, _clip_rows("a", 0, [0, 1]))
-    commit_shard(
-        run="r2",
-        output=str(out),
-        storage_options={},
-        index=0,
-        key="key0",
-        parts=parts,
-        models=["m"],
-        merge_with_committed=True,
-    )
+    _commit(out, parts, run="r2", merge=True)
     clips = read_table(str(out), "clips")
     assert set(clip_key_counts(clips).values()) == {1} and clips.num_rows == 4
     assert {v["status"] for v in read_table(str(out), "videos").to_pylist()} == {"ok"}
