@@ -96,13 +96,9 @@ class MlflowServer:
     root: Path
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """``mlflow server`` on a free port; waits for ``/health``, kills its process group after."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = (root / "server.log").open("wb")
-    cmd = [
+def mlflow_server_command(root: Path, port: int) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port`` with its store and artifacts under ``root``."""
+    return [
         sys.executable,
         "-m",
         "mlflow",
@@ -118,6 +114,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         "--artifacts-destination",
         str(root / "artifacts"),
     ]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """``mlflow server`` on a free port; waits for ``/health``, kills its process group after."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    cmd = mlflow_server_command(root, port)
     # No server-side job runner: it forks a pool of huey consumers that costs seconds per start.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # A session of its own = a process group holding the uvicorn worker too, killed as one.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from pipeline import cli
 from pipeline import job as job_module
 from pipeline.job import run_job
 from pipeline.tracking import TrackingUnavailableError
-from tests.pipeline.conftest import _kill_group, _wait_healthy, free_port
+from tests.pipeline.conftest import _kill_group, _wait_healthy, free_port, mlflow_server_command
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
 from tests.videos import make_video
 
@@ -89,22 +88,7 @@ def _start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
+        mlflow_server_command(root, port),
         cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
