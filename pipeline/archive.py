@@ -126,9 +126,9 @@ def iter_archive(
         elif lower.endswith(MANIFEST_EXTENSIONS) and fs.isfile(path):
             yield from _list_manifest(fs, path, prefix, skipped, storage_options)
         elif fs.isdir(path):
-            for f in _walk_files(fs, path):
+            for f, size in _walk_files(fs, path):
                 rel = posixpath.relpath(f, path)
-                yield from _list_file(fs, prefix + f, f, skipped, uri, member_key=rel)
+                yield from _list_file(fs, prefix + f, f, skipped, uri, member_key=rel, size=size)
         elif fs.isfile(path):
             yield from _list_file(fs, prefix + path, path, skipped, uri)
         else:
@@ -137,16 +137,19 @@ def iter_archive(
         raise ArchiveError(f"cannot list input {redact_uri(uri)}: {redact_uri(str(err))}") from None
 
 
-def _walk_files(fs, root: str) -> Iterator[str]:
-    """Files under ``root``, depth first, names sorted in each directory; one directory listed
-    at a time (``fs.find`` would hold the whole tree)."""
+def _walk_files(fs, root: str) -> Iterator[tuple[str, int | None]]:
+    """``(path, size)`` of the files under ``root``, depth first, names sorted in each
+    directory; one directory listed at a time (``fs.find`` would hold the whole tree). The size
+    comes from the listing (no second request per object); None where the listing has none."""
     entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
     for entry in entries:
         name = entry["name"].rstrip("/")
         if entry.get("type") == "directory":
             yield from _walk_files(fs, name)
-        else:  # files, and links that lead nowhere (they get a row with their error)
-            yield name
+        elif entry.get("type") == "file" and entry.get("size") is not None:
+            yield name, int(entry["size"])
+        else:  # links that lead nowhere: stat later, and they get a row with their error
+            yield name, None
 
 
 def _list_file(
@@ -157,6 +160,7 @@ def _list_file(
     archive_uri: str,
     member_key: str | None = None,
     label: str | None = None,
+    size: int | None = None,
 ) -> Iterator[VideoTask]:
     lower = path.lower()
     if lower.endswith(".tar"):
@@ -166,7 +170,7 @@ def _list_file(
     elif is_video_name(path):
         key = member_key if member_key is not None else path
         try:
-            size = int(fs.size(path))
+            size = int(fs.size(path)) if size is None else size
         except OSError as err:  # e.g. a dangling symlink: its own row, not a failed listing
             yield VideoTask(
                 make_video_id(archive_uri, key, 0),

@@ -56,14 +56,13 @@ def iter_shard_blocks(
     run: str,
 ) -> Iterator[pa.Table]:
     skipped: Counter[str] = Counter()
-    report = {"videos": 0, "shards": 0, "resumed_videos": 0, "resumed_shards": 0, "redo_shards": 0}
+    report = {"videos": 0, "shards": 0, "resumed_videos": 0, "resumed_shards": 0}
     for shard in iter_shards(iter_archive(input_uri, storage_options, skipped), shard_size):
         block, kept = shard_block(shard, markers.get(shard.index))
         report["videos"] += len(shard.tasks)
         report["shards"] += 1
         report["resumed_videos"] += kept
         report["resumed_shards"] += block is None
-        report["redo_shards"] += shard.index in markers and kept == 0 and block is not None
         if block is not None:
             # In small blocks: a block is one probe task, and the probe's output leaves as one
             # block when the task ends, so a whole-shard block would hold the first decode back
