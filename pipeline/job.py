@@ -312,8 +312,9 @@ def _execute(
 ) -> JobResult:
     import ray.data as rd
 
-    if progress:  # our own bar counts clips; Ray Data's per-operator bars and logs would interleave
+    if progress:  # our own bar counts clips; Ray Data's per-operator bars would interleave
         rd.DataContext.get_current().enable_progress_bars = False
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # its plan and timings: with -v only
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     markers = out.markers()
     run = uuid.uuid4().hex[:12]

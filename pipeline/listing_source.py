@@ -1,8 +1,10 @@
 """The first stage of the stream: the archive's listing, cut into shards, as a Ray Data source.
 
 One read task walks the archive (``pipeline.archive.iter_archive``) and yields a shard's task
-rows, in small blocks, as soon as the shard is full, so the probe and decode stages start on
-shard 0 while later shards are still being listed; the driver never holds the listing. Shards
+rows as soon as the shard is full, so the probe and decode stages start on shard 0 while later
+shards are still being listed; the driver never holds the listing. (Ray Data merges what the
+task yields into blocks of up to ``target_max_block_size`` bytes; ``stream.split_blocks`` cuts
+them into the probe's blocks.) Shards
 already committed (their marker matches what the archive now holds) yield nothing; a committed shard
 with videos to retry yields only those. When the listing ends the task writes its counts to
 ``_staging/listing-<run>.json`` for the job summary.
@@ -23,9 +25,6 @@ from pipeline.archive import iter_archive
 from pipeline.rows import SHARD, SHARD_BASE, SHARD_KEY, SHARD_VIDEOS, TASK_FIELDS, TASK_SCHEMA
 from pipeline.shards import STAGING_DIR, Shard, ShardMarker, iter_shards, plan_shard
 from pipeline.uris import join, write_bytes_atomic
-
-# Task rows per block the listing yields (see ``iter_shard_blocks``).
-LISTING_BLOCK_ROWS = 32
 
 
 def listing_report_uri(output: str, run: str) -> str:
@@ -64,11 +63,7 @@ def iter_shard_blocks(
         report["resumed_videos"] += kept
         report["resumed_shards"] += block is None
         if block is not None:
-            # In small blocks: a block is one probe task, and the probe's output leaves as one
-            # block when the task ends, so a whole-shard block would hold the first decode back
-            # until 1,000 videos were probed.
-            for offset in range(0, block.num_rows, LISTING_BLOCK_ROWS):
-                yield block.slice(offset, LISTING_BLOCK_ROWS)
+            yield block
     report["skipped_files"] = dict(skipped)
     write_bytes_atomic(
         listing_report_uri(output, run), json.dumps(report).encode(), storage_options

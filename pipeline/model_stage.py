@@ -94,18 +94,20 @@ class ModelWorker:
         infer_s = np.zeros(n, np.float64)
         idx = np.flatnonzero(ok)
         if len(idx):
-            acc = BlockAccessor.for_block(batch.take(pa.array(idx)))
-            frames = acc.to_numpy(FRAMES)  # (B, T, H, W, 3) uint8
-            cols = {name: acc.to_numpy(name) for name in ("frame_indices", "frame_bytes")}
-            fps = acc.to_numpy("probe_fps")
+            # Columns to numpy first (the frames zero-copy), then the ok rows: an Arrow ``take``
+            # of the frames column copied every batch element by element.
+            acc = BlockAccessor.for_block(batch)
+            cols = acc.to_numpy([FRAMES, "frame_indices", "frame_bytes", "probe_fps"])
+            frames = cols[FRAMES] if len(idx) == n else cols[FRAMES][idx]  # (B, T, H, W, 3)
+            meta = {k: batch.column(k).to_pylist() for k in _META}
             metas = [
                 {
-                    **{k: batch.column(k)[int(i)].as_py() for k in _META},
-                    "fps": float(fps[j]),
-                    "frame_indices": cols["frame_indices"][j],
-                    "frame_bytes": cols["frame_bytes"][j],
+                    **{k: meta[k][i] for k in _META},
+                    "fps": float(cols["probe_fps"][i]),
+                    "frame_indices": cols["frame_indices"][i],
+                    "frame_bytes": cols["frame_bytes"][i],
                 }
-                for j, i in enumerate(idx)
+                for i in idx
             ]
             t0 = time.perf_counter()
             try:

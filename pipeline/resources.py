@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 from pipeline.spec import JobSpec
 
-# CPUs of the small stages: the listing read task, the probe actor, the writer tasks and the
-# shard commits. They are reserved first, so that actor pools sized to the cluster never leave
-# them unschedulable (on a 2-CPU node that deadlocks the stream).
+# CPUs of the small stages: the listing read task, the listing's split into blocks, the probe
+# actor, the writer tasks and the shard commits. They are reserved first, so that actor pools
+# sized to the cluster never leave them unschedulable (on a 2-CPU node that deadlocks the stream).
 LISTING_CPUS = 0.1
+SPLIT_CPUS = 0.05
 PROBE_CPUS = 0.25
 WRITER_CPUS = 0.1
 COMMIT_CPUS = 0.1
-SMALL_STAGES_CPUS = LISTING_CPUS + PROBE_CPUS + WRITER_CPUS + COMMIT_CPUS
+SMALL_STAGES_CPUS = LISTING_CPUS + SPLIT_CPUS + PROBE_CPUS + WRITER_CPUS + COMMIT_CPUS
 # Writer tasks and shard commits running at once. Their CPU requests are fractions, so without a
 # cap Ray would run up to 1 / WRITER_CPUS of them per CPU, each in a worker process of its own
 # that must start and import first: on a 2-CPU node, a storm of process start-ups.

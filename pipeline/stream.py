@@ -1,5 +1,8 @@
 """The job's Ray Data stream: listing -> probe -> decode -> models -> shard writer.
 
+The listing reaches the probe in blocks of ``LISTING_BLOCK_ROWS`` videos (``split_blocks``), so
+the first decode waits for a few probes only and several decode actors share a shard.
+
 Every stage runs on the workers; what reaches the driver is the writer's status rows (a few
 hundred bytes per segment), from which ``ShardTracker`` decides when a shard is complete.
 """
@@ -18,6 +21,7 @@ from pipeline.probe_stage import ProbeWorker
 from pipeline.resources import (
     LISTING_CPUS,
     PROBE_CPUS,
+    SPLIT_CPUS,
     WRITER_CPUS,
     WRITERS_IN_FLIGHT,
     bound_memory,
@@ -30,6 +34,10 @@ from pipeline.spec import JobSpec
 # Videos per probe call: small, so the first segments reach the decoder early and several
 # decode actors get work from one shard.
 PROBE_BATCH = 8
+# Videos per probe task, and so about the segments per decode task.
+LISTING_BLOCK_ROWS = 32
+# Model batches each writer task takes (one part file per task, model and shard).
+WRITER_BATCHES = 4
 
 
 def build_stream(
@@ -57,6 +65,7 @@ def build_stream(
         override_num_blocks=1,
     )
     bound_memory(ds, spec)
+    ds = split_blocks(ds, LISTING_BLOCK_ROWS, num_cpus=SPLIT_CPUS)
     ds = ds.map_batches(
         ProbeWorker,
         fn_constructor_kwargs={
@@ -107,14 +116,40 @@ def build_stream(
             "models": [m.output_key for m in spec.models],
             "versions": dict(versions),
         },
-        # Each block the last model returns is written as it comes (one part file per model
-        # batch and shard): bundling blocks into bigger parts would hold back the commit of a
-        # shard, and the progress it shows, until enough rows arrived.
-        batch_size=None,
+        # A few model batches per writer task: every task costs the driver's scheduler the same
+        # whatever its size, and the writer's rows are small (no frames).
+        batch_size=WRITER_BATCHES * spec.models[-1].batch_size,
         batch_format="pyarrow",
         num_cpus=WRITER_CPUS,
         compute=rd.TaskPoolStrategy(size=WRITERS_IN_FLIGHT),
     )
+
+
+def split_blocks(ds, rows: int, *, num_cpus: float):
+    """``ds`` in blocks of ``rows`` rows (a streaming repartition), its tasks asking for
+    ``num_cpus``.
+
+    Ray Data merges what a read task yields into blocks of ``target_max_block_size`` bytes (here
+    one model batch of decoded clips): thousands of listing rows. Unsplit, the whole listing of
+    a 2,000-video archive was one probe task and then one decode task: the first clip waited for
+    every probe (first clip 9.8 s against 6 s for 20 videos) and a second decode actor had
+    nothing to do. ``Dataset.repartition(target_num_rows_per_block=...)`` cuts blocks by rows
+    but its tasks ask for a whole CPU, which a 2-CPU node running the actor pools never has
+    free (the stream deadlocks), and its API takes no resources; so the same logical operator is
+    built here with a fraction of a CPU. Ray is pinned (pyproject.toml);
+    ``tests/pipeline/test_stream.py`` checks the probe stage gets blocks of ``rows``.
+    """
+    from ray.data import Dataset
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.map_operator import StreamingRepartition
+
+    op = StreamingRepartition(
+        target_num_rows_per_block=rows,
+        input_dependencies=[ds._logical_plan.dag],
+        strict=True,
+        ray_remote_args={"num_cpus": num_cpus},
+    )
+    return Dataset._from_parent(ds, LogicalPlan(op, ds.context))
 
 
 def iter_status(ds) -> Iterator[pa.Table]:
