@@ -65,7 +65,17 @@ from typing import Any
 import numpy as np
 
 from bench import inputs
-from bench.common import REPO, Settings, interleaved, log, machine, median, save, subprocess_env
+from bench.common import (
+    CACHE,
+    REPO,
+    Settings,
+    interleaved,
+    log,
+    machine,
+    median,
+    save,
+    subprocess_env,
+)
 
 JOB = REPO / "jobs" / "classify.toml"
 SIZE = 112
@@ -327,9 +337,7 @@ def run_job_child(
     ]
     if address:
         cmd += ["--address", address]
-    env = subprocess_env(
-        PYTHONPATH=str(REPO), VMB_CACHE_DIR=str(REPO / ".vmb" / "bench" / "vmb-cache")
-    )
+    env = subprocess_env(PYTHONPATH=str(REPO), VMB_CACHE_DIR=str(CACHE / "vmb-cache"))
     log_path = work / f"{output.name}.log"
     with log_path.open("w") as logf:
         proc = subprocess.Popen(

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".vmb" / "bench"
-RESULTS = REPO / "bench" / "results"
+# Generated inputs (kept between runs) and result files; the test of the suite moves both to
+# its temporary folder.
+CACHE = Path(os.environ.get("VMB_BENCH_CACHE") or REPO / ".vmb" / "bench")
+RESULTS = Path(os.environ.get("VMB_BENCH_RESULTS") or REPO / "bench" / "results")
 DOCS_PLOTS = REPO / "docs" / "bench"
 
 

@@ -2,7 +2,8 @@
 
 No timing is asserted (performance is a benchmark, not a test); what is checked is that every
 suite ran, produced its ratio tables and result files with the machine record, and that the
-contenders agreed on what the clips show.
+contenders agreed on what the clips show. Inputs, results and plots go to temporary folders
+(``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``), not into the repository.
 """
 
 from __future__ import annotations
@@ -18,23 +19,40 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_bench_quick_runs_every_suite(tmp_path):
+RUN_TIMEOUT_S = 850
+
+
+def _bench_env(work: Path) -> dict[str, str]:
+    """The environment of a ``python -m bench`` run that writes only under ``work``: its
+    inputs, results, plots and MLflow store (``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``)."""
     env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    env["VMB_BENCH_CACHE"] = str(work / "cache")
+    env["VMB_BENCH_RESULTS"] = str(work / "results")
+    env["PYTHONPATH"] = str(REPO)
     env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_bench(work: Path, *args: str) -> str:
+    """``python -m bench ARGS`` in a subprocess writing only under ``work``; its stdout."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
+        [sys.executable, "-m", "bench", *args],
         cwd=REPO,
-        env=env,
+        env=_bench_env(work),
         capture_output=True,
         text=True,
-        timeout=850,
+        timeout=RUN_TIMEOUT_S,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_quick_runs_every_suite(tmp_path):
+    out = run_bench(tmp_path, "--quick")
     for heading in (
         "Decode, every frame",
         "Sparse sampling",
@@ -46,7 +64,7 @@ def test_bench_quick_runs_every_suite(tmp_path):
         "Scaling on paper",
     ):
         assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
-    results = REPO / "bench" / "results"
+    results = tmp_path / "results"
     for name in ("decode", "blocks", "overlap", "memory", "peers"):
         doc = json.loads((results / f"quick-{name}.json").read_text())
         assert doc["mode"] == "quick"
@@ -70,18 +88,10 @@ def test_bench_quick_runs_every_suite(tmp_path):
 def test_bench_archive_quick_prints_its_tables(tmp_path):
     """The archive suite on one 20-video archive, the 1,000-row manifest, the two-node cluster
     and the query layouts (about a minute): its tables come out and its record is complete."""
-    env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env.pop("RAY_ADDRESS", None)
-    env["PYTHONPATH"] = str(REPO)
-    cmd = [sys.executable, "-m", "bench", "archive", "--quick", "--archive-sizes", "20"]
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=550, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = run_bench(tmp_path, "archive", "--quick", "--archive-sizes", "20")
     for heading in ("Archive scale:", "Manifest (", "Multi-node:", "Query (pipeline.query.query)"):
-        assert heading in proc.stdout, f"missing table {heading!r}:\n{proc.stdout[-3000:]}"
-    doc = json.loads((REPO / "bench" / "results" / "quick-archive.json").read_text())
+        assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
+    doc = json.loads((tmp_path / "results" / "quick-archive.json").read_text())
     assert doc["machine"]["cpu"] and doc["cpu"] == doc["machine"]["cpu"]
     row = doc["scale"]["20"]
     assert row["videos"] == row["clips"] == 20  # one clip per video, as the bench is built
