@@ -53,6 +53,10 @@ class OutputConflictError(UserError, ValueError):
 
 @dataclass
 class JobResult:
+    """A finished job: its summary (``summary["videos_failed"]`` counts every failure) and the
+    first ``FAILURES_KEPT`` failed videos with their errors (``failed``; all of them are rows
+    of the ``videos`` table)."""
+
     job_id: str
     output: str
     run_id: str | None
@@ -213,9 +217,17 @@ def _job_doc(
     }
 
 
+# Failed videos the driver keeps with their messages (for ``JobResult.failed`` and the run's
+# ``failed_videos.csv``); past that only their count by type. Every failure is a row of the
+# ``videos`` table. Keeping them all made the driver's memory grow with the archive: a
+# 1,000,000-row manifest of missing objects is a million failures.
+FAILURES_KEPT = 1000
+
+
 @dataclass
 class _Totals:
-    """What the commits of this run report, summed (no per-video state)."""
+    """What the commits of this run report, summed (no per-video state beyond the first
+    ``FAILURES_KEPT`` failures)."""
 
     videos_processed: int = 0
     clips: int = 0
@@ -223,6 +235,8 @@ class _Totals:
     infer_s: float = 0.0
     statuses: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
+    videos_failed: int = 0
+    failures_by_type: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
     shards_committed: int = 0
     commit_nodes: Counter[str] = field(default_factory=Counter)
@@ -234,7 +248,9 @@ class _Totals:
         self.infer_s += counts["infer_s"]
         self.statuses.update(counts["statuses"])
         self.labels.update(counts["labels"])
-        self.failures.extend(counts["failures"])
+        self.videos_failed += len(counts["failures"])
+        self.failures_by_type.update(f["error_type"] for f in counts["failures"])
+        self.failures.extend(counts["failures"][: max(0, FAILURES_KEPT - len(self.failures))])
         self.shards_committed += 1
         self.commit_nodes[counts["marker"]["node_id"]] += 1
 
@@ -401,10 +417,9 @@ def _summarise(
     t_run: float,
     ended: float,
 ) -> dict[str, Any]:
-    failures = totals.failures
     wall = max(1e-9, ended - t_run)
     done = totals.videos_processed
-    fraction = len(failures) / max(1, done)
+    fraction = totals.videos_failed / max(1, done)
     return {
         "job_id": job_id,
         "output": redact_uri(spec.output),
@@ -412,10 +427,10 @@ def _summarise(
         "videos": int(listing.get("videos", done)),
         "videos_processed": done,
         "videos_ok": totals.statuses.get("ok", 0),
-        "videos_failed": len(failures),
+        "videos_failed": totals.videos_failed,
         "videos_skipped": totals.statuses.get("skipped", 0),
         "videos_by_status": dict(totals.statuses),
-        "failures_by_type": dict(Counter(f["error_type"] for f in failures)),
+        "failures_by_type": dict(totals.failures_by_type),
         "skipped_files": dict(listing.get("skipped_files", {})),
         "clips": totals.clips,
         "segments": shards.segments_done,
