@@ -4,10 +4,9 @@ One read task walks the archive (``pipeline.archive.iter_archive``) and yields a
 rows as soon as the shard is full, so the probe and decode stages start on shard 0 while later
 shards are still being listed; the driver never holds the listing. (Ray Data merges what the
 task yields into blocks of up to ``target_max_block_size`` bytes; ``stream.split_blocks`` cuts
-them into the probe's blocks.) Shards
-already committed (their marker matches what the archive now holds) yield nothing; a committed shard
-with videos to retry yields only those. When the listing ends the task writes its counts to
-``_staging/listing-<run>.json`` for the job summary.
+them into the probe's blocks.) Shards already committed (their marker matches what the archive
+now holds) yield nothing; a committed shard with videos to retry yields only those. When the
+listing ends the task writes its counts to ``_staging/listing-<run>.json`` for the job summary.
 """
 
 from __future__ import annotations

@@ -31,11 +31,11 @@ from pipeline.shard_writer import write_parts
 from pipeline.shards import ShardMarker
 from pipeline.spec import JobSpec
 
-# Videos per probe call: small, so the first segments reach the decoder early and several
-# decode actors get work from one shard.
-PROBE_BATCH = 8
-# Videos per probe task, and so about the segments per decode task.
+# Videos per probe task (and so about the segments per decode task): small, so the first
+# segments reach the decoder early and several decode actors get work from one shard.
 LISTING_BLOCK_ROWS = 32
+# Videos per probe call within a task.
+PROBE_BATCH = 8
 # Model batches each writer task takes (one part file per task, model and shard).
 WRITER_BATCHES = 4
 

@@ -340,7 +340,8 @@ class JobTracker:
         Args:
             spec_text: The job spec as the user wrote it (TOML).
             summary: Counts, timings and paths of the finished job.
-            failed_videos: One mapping per failed video (the job passes its first 1,000).
+            failed_videos: One mapping per failed video (the job passes its first
+                ``pipeline.job.FAILURES_KEPT``).
             throughput: ``(elapsed seconds, clips done)`` samples.
             label_counts: Label to number of clips.
         """

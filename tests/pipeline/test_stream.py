@@ -9,7 +9,7 @@ from pipeline.listing_source import ShardListingDatasource
 from pipeline.stream import split_blocks
 
 
-def _listing(ray, folder: Path, output: Path):
+def _listing(folder: Path, output: Path):
     import ray.data as rd
 
     ds = rd.read_datasource(
@@ -40,9 +40,9 @@ def test_listing_reaches_the_probe_in_blocks_of_listing_block_rows(ray_session, 
         (folder / f"v{i:04d}.mp4").write_bytes(b"\0" * 16)  # listed by name and size only
 
     # Unsplit, Ray Data merges every listing row into one block: one probe task for all.
-    assert _block_rows(_listing(ray_session, folder, tmp_path / "a")) == [videos]
+    assert _block_rows(_listing(folder, tmp_path / "a")) == [videos]
 
-    split = split_blocks(_listing(ray_session, folder, tmp_path / "b"), 32, num_cpus=0.1)
+    split = split_blocks(_listing(folder, tmp_path / "b"), 32, num_cpus=0.1)
     assert _block_rows(split) == [32, 32, 32, 5]
     # ... with the fraction of a CPU asked for, not Ray Data's default of one.
     assert split._logical_plan.dag.ray_remote_args == {"num_cpus": 0.1}
