@@ -223,7 +223,10 @@ def _make_bucket(server: FlakyS3, name: str) -> str:
 def _outage_when_clips_appear(
     server: FlakyS3, bucket: str, kind: str, seconds: float, done: threading.Event, log: list[str]
 ) -> None:
-    """Once the job's writers have published their first part file, fail S3 for ``seconds``."""
+    """Once the job's writers have published their first part file, fail S3 for ``seconds``.
+
+    A ``5xx`` outage then goes on until some request of the job has been refused.
+    """
     import boto3
 
     client = boto3.client(
@@ -246,6 +249,10 @@ def _outage_when_clips_appear(
     if kind == "5xx":
         server.mode = "5xx"
         time.sleep(seconds)
+        # The job may not touch S3 within those seconds (its decode is done, its next part not
+        # yet written): the outage lasts until it has answered at least one request with 503.
+        while not server.failed_requests and not done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
         server.mode = "up"
     else:
         server.go_down()
