@@ -67,7 +67,7 @@ def _inputs(quick: bool) -> dict[str, tuple[str, Callable[[], tuple]]]:
         "fuseformer": (f"(1, 5, 3, {fh}, {fw})", lambda: (torch.rand(1, 5, 3, fh, fw) * 2 - 1,)),
         "fuseformer-block": (
             "tokens (1, 5*720, 512) (a 60x108 map, 5 frames)",
-            lambda: (torch.randn(1, 5 * 720, 512),),
+            lambda: (torch.randn(1, 5 * 720, 512), (60, 108)),
         ),
         "soft-split": ("map (1, 128, 60, 108)", lambda: (torch.randn(1, 128, 60, 108),)),
         "soft-composition": ("tokens (1, 20, 36, 512)", lambda: (torch.randn(1, 20, 36, 512),)),

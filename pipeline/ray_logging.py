@@ -6,8 +6,8 @@ Two sources print into the progress bar of a plain run:
   instance"). ``ray.init`` resets the ``ray`` logger to its ``logging_level`` argument (INFO by
   default), so a level set before it is lost: the driver's ``ray.init`` passes
   ``ray_init_kwargs()``.
-- Ray Data's notice that its progress bars are off (the job draws its own):
-  ``skip_expected_ray_notices``.
+- Ray Data's notice that its progress bars are off (the job draws its own) and its warning that
+  a stage may run more tasks than a small job has blocks: ``skip_expected_ray_notices``.
 - The C++ core worker of the driver, which copies every ERROR line of its log file
   (``python-core-driver-*.log`` in the session's logs folder) to file descriptor 2, e.g. Ray
   Data's actor pools trigger "has constructor arguments in the object store and max_restarts
@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,21 @@ def ray_init_kwargs(*, verbose: bool = False) -> dict[str, Any]:
 _EXPECTED_NOTICES = ("ray_data_progress_manager_disabled",)
 
 
+# Ray Data's warning that a task stage was allowed more tasks than it has input blocks: the
+# writer stage is given room for several tasks, and a small job has fewer blocks than that.
+_EXPECTED_WARNINGS = (r"The maximum number of concurrent tasks for .* is set to",)
+
+
 def skip_expected_ray_notices() -> None:
-    """Mark the notices about the job's deliberate settings as already shown."""
+    """Mark the notices about the job's deliberate settings as already shown, and leave out
+    Ray Data's warnings about them."""
     # Imported here: the CLI imports this module for every command, and Ray costs a second.
     from ray.util.debug import log_once
 
     for key in _EXPECTED_NOTICES:
         log_once(key)
+    for message in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def native_log_path() -> Path:
