@@ -21,6 +21,19 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("VMB_FAULT_HANG_MARKER", "__vmb_hang__")
 
 
+def pytest_collection_finish(session):
+    """Start the bench-suite runs of the selected bench tests now, in the background."""
+    from tests import bench_runs
+
+    bench_runs.start_for([item.name for item in session.items])
+
+
+def pytest_sessionfinish(session):
+    from tests import bench_runs
+
+    bench_runs.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):
     """Keep tests from writing outside their temporary folders, for the whole session.

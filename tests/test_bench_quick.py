@@ -3,56 +3,23 @@
 No timing is asserted (performance is a benchmark, not a test); what is checked is that every
 suite ran, produced its ratio tables and result files with the machine record, and that the
 contenders agreed on what the clips show. Inputs, results and plots go to temporary folders
-(``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``), not into the repository.
+(``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``), not into the repository. The runs start in the
+background when the session starts (``tests/bench_runs.py``); these tests wait for them.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-RUN_TIMEOUT_S = 850
-
-
-def _bench_env(work: Path) -> dict[str, str]:
-    """The environment of a ``python -m bench`` run that writes only under ``work``: its
-    inputs, results, plots and MLflow store (``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``)."""
-    env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    env["VMB_BENCH_CACHE"] = str(work / "cache")
-    env["VMB_BENCH_RESULTS"] = str(work / "results")
-    env["PYTHONPATH"] = str(REPO)
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def run_bench(work: Path, *args: str) -> str:
-    """``python -m bench ARGS`` in a subprocess writing only under ``work``; its stdout."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=REPO,
-        env=_bench_env(work),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
+from tests import bench_runs
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_bench_quick_runs_every_suite(tmp_path):
-    out = run_bench(tmp_path, "--quick")
+def test_bench_quick_runs_every_suite():
+    work, out = bench_runs.result("quick")
     for heading in (
         "Decode, every frame",
         "Sparse sampling",
@@ -64,7 +31,7 @@ def test_bench_quick_runs_every_suite(tmp_path):
         "Scaling on paper",
     ):
         assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
-    results = tmp_path / "results"
+    results = work / "results"
     for name in ("decode", "blocks", "overlap", "memory", "peers"):
         doc = json.loads((results / f"quick-{name}.json").read_text())
         assert doc["mode"] == "quick"
@@ -84,14 +51,14 @@ def test_bench_quick_runs_every_suite(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_bench_archive_quick_prints_its_tables(tmp_path):
+@pytest.mark.timeout(900)
+def test_bench_archive_quick_prints_its_tables():
     """The archive suite on one 20-video archive, the 1,000-row manifest, the two-node cluster
     and the query layouts (about a minute): its tables come out and its record is complete."""
-    out = run_bench(tmp_path, "archive", "--quick", "--archive-sizes", "20")
+    work, out = bench_runs.result("archive")
     for heading in ("Archive scale:", "Manifest (", "Multi-node:", "Query (pipeline.query.query)"):
         assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
-    doc = json.loads((tmp_path / "results" / "quick-archive.json").read_text())
+    doc = json.loads((work / "results" / "quick-archive.json").read_text())
     assert doc["machine"]["cpu"] and doc["cpu"] == doc["machine"]["cpu"]
     row = doc["scale"]["20"]
     assert row["videos"] == row["clips"] == 20  # one clip per video, as the bench is built
