@@ -359,7 +359,7 @@ def run_job_child(
 def first_clip_from_start(r: dict[str, Any]) -> float | None:
     """Seconds from ``run_job``'s start to the first clip out of the models."""
     s = r.get("summary")
-    if not s:
+    if not s or s["first_clip_s"] is None:
         return None
     return float(s["first_clip_s"]) + float(s["wall_s"]) - float(s["run_s"])
 

@@ -43,7 +43,12 @@ def _print_summary(result) -> None:
             f"{s['clips_per_s']:.2f} clips/s, {s['videos_per_s']:.2f} videos/s "
             f"({s['run_s']:.1f} s processing, {s['wall_s']:.1f} s total)",
         ),
-        ("first clip", f"{s['first_clip_s']:.1f} s into processing"),
+        (
+            "first clip",
+            "none in this run"
+            if s["first_clip_s"] is None
+            else f"{s['first_clip_s']:.1f} s into processing",
+        ),
         ("tables", f"{s['output']}/clips, {s['output']}/videos"),
         (
             "MLflow run",

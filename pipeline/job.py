@@ -445,7 +445,8 @@ def _summarise(
         "commit_nodes": dict(totals.commit_nodes),
         "wall_s": ended - started,
         "run_s": wall,
-        "first_clip_s": (shards.first_clip_at or ended) - t_run,
+        # None when this run wrote no clip (every video resumed or failed).
+        "first_clip_s": None if shards.first_clip_at is None else shards.first_clip_at - t_run,
         "videos_per_s": done / wall,
         "clips_per_s": totals.clips / wall,
         "driver_cpu_s": time.process_time() - cpu_started,

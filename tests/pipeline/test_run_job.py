@@ -58,6 +58,7 @@ def test_rerun_resumes_and_never_duplicates(ray_session, archive, tmp_path):
     first = run_job(spec)
     second = run_job(spec)
     assert second.summary["resumed_videos_skipped"] == 3 and second.summary["clips"] == 0
+    assert first.summary["first_clip_s"] > 0 and second.summary["first_clip_s"] is None
     clips = read_table(str(out), "clips")
     assert clips.num_rows == first.summary["clips"]
     assert set(clip_key_counts(clips).values()) == {1}
