@@ -22,10 +22,12 @@ os.environ.setdefault("VMB_FAULT_HANG_MARKER", "__vmb_hang__")
 
 
 def pytest_collection_finish(session):
-    """Start the bench-suite runs of the selected bench tests now, in the background."""
+    """Start the bench-suite runs of the selected bench tests now, in the background (not
+    when the session only collects)."""
     from tests import bench_runs
 
-    bench_runs.start_for([item.name for item in session.items])
+    if not session.config.option.collectonly:
+        bench_runs.start_for([item.name for item in session.items])
 
 
 def pytest_sessionfinish(session):
