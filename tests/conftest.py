@@ -21,15 +21,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("VMB_FAULT_HANG_MARKER", "__vmb_hang__")
 
 
-def pytest_collection_finish(session):
-    """Start the bench-suite runs of the selected bench tests now, in the background (not
-    when the session only collects)."""
-    from tests import bench_runs
-
-    if not session.config.option.collectonly:
-        bench_runs.start_for([item.name for item in session.items])
-
-
 def pytest_sessionfinish(session):
     from tests import bench_runs
 

@@ -3,8 +3,7 @@
 No timing is asserted (performance is a benchmark, not a test); what is checked is that every
 suite ran, produced its ratio tables and result files with the machine record, and that the
 contenders agreed on what the clips show. Inputs, results and plots go to temporary folders
-(``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``), not into the repository. The runs start in the
-background when the session starts (``tests/bench_runs.py``); these tests wait for them.
+(``VMB_BENCH_CACHE``, ``VMB_BENCH_RESULTS``), not into the repository (``tests/bench_runs.py``).
 """
 
 from __future__ import annotations
