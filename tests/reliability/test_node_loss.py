@@ -23,7 +23,14 @@ SCRIPT = textwrap.dedent("""
     from tests.pipeline.jobs_util import tiny_spec
 
     archive, out = sys.argv[1], sys.argv[2]
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # The GCS declares a silent node dead after health_check_failure_threshold missed checks,
+    # one every health_check_period_ms (Ray's defaults: 5 x 3 s); the job's tasks on that node
+    # fail over only then. Checked every second here (a live raylet still has 2 s to answer,
+    # three times running, under the suite's load), so the test does not wait 15 s for it.
+    health = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+              "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "_system_config": health})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
