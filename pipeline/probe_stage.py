@@ -1,9 +1,9 @@
 """Stage 2: probe each listed video and plan its clips, fanning long videos out into segments.
 
-Runs as a small actor pool inside the stream, so shard 0 is decoding while later shards are
-still being probed; nothing is probed up front. The probe runs in the actor's killable child
-process (``pipeline.child_process``): a demuxer that hangs or crashes on a file costs that
-file a ``DecodeTimeout`` / ``WorkerCrash`` row, never the job.
+Runs as Ray Data tasks inside the stream, a block of the listing each, so shard 0 is decoding
+while later shards are still being probed; nothing is probed up front. The probe runs in the
+task's killable child process (``pipeline.child_process``): a demuxer that hangs or crashes on a
+file costs that file a ``DecodeTimeout`` / ``WorkerCrash`` row, never the job.
 
 Input: task rows (``rows.TASK_SCHEMA``). Output: segment rows (``rows.segment_schema()``): one
 per segment of a video that can be decoded, or one row with the video's typed error and no
@@ -87,37 +87,39 @@ def plan_segments(
         }
 
 
-class ProbeWorker:
-    """Ray actor: task rows in, segment rows out (see the module docstring)."""
+def probe_block(
+    batch: pa.Table,
+    *,
+    sampling: dict[str, Any],
+    storage_options: Mapping[str, Any],
+    timeout_s: float,
+    isolated: bool,
+) -> pa.Table:
+    """Ray Data task: one block of task rows in, its segment rows out (see the module docstring).
 
-    def __init__(
-        self,
-        *,
-        sampling: dict[str, Any],
-        storage_options: Mapping[str, Any],
-        timeout_s: float,
-        isolated: bool,
-    ):
-        from pipeline.child_process import IsolatedDecoder
+    A task, not an actor: it runs in Ray's pooled worker processes, where an actor took a worker
+    process of its own per job (a Python start and Ray Data's imports, on the way to the first
+    clip). Its child process is a fork, started per block and stopped with it.
+    """
+    from pipeline.child_process import IsolatedDecoder
 
-        self.args = (sampling, dict(storage_options))
-        self.timeout_s = timeout_s
-        self.isolated = IsolatedDecoder(plan_segments) if isolated else None
-        if self.isolated:  # spawned while the other actors are built, not on the first video
-            self.isolated.start()
-        self.schema = segment_schema()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out: list[dict[str, Any]] = []
+    args = (sampling, dict(storage_options))
+    child = IsolatedDecoder(plan_segments) if isolated else None
+    out: list[dict[str, Any]] = []
+    try:
         for row in batch.to_pylist():
-            out.extend(self._probe(row))
-        return pa.Table.from_pylist(out, schema=self.schema)
+            out.extend(_probe(row, args, child, timeout_s))
+    finally:
+        if child is not None:
+            child.close()
+    return pa.Table.from_pylist(out, schema=segment_schema())
 
-    def _probe(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.isolated is None:
-            return list(plan_segments(row, *self.args))
-        try:
-            return list(self.isolated.run((row, *self.args), self.timeout_s))
-        except (errors.DecodeTimeoutError, errors.WorkerCrashError) as err:
-            log.warning("probing %s: %s", redact_uri(row["video_uri"]), err)
-            return [failed_segment(row, err)]
+
+def _probe(row: dict[str, Any], args: tuple, child, timeout_s: float) -> list[dict[str, Any]]:
+    if child is None:
+        return list(plan_segments(row, *args))
+    try:
+        return list(child.run((row, *args), timeout_s))
+    except (errors.DecodeTimeoutError, errors.WorkerCrashError) as err:
+        log.warning("probing %s: %s", redact_uri(row["video_uri"]), err)
+        return [failed_segment(row, err)]

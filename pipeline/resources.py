@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pipeline.spec import JobSpec
 
 # CPUs of the small stages: the listing read task, the listing's split into blocks, the probe
-# actor, the writer tasks and the shard commits. They are reserved first, so that actor pools
+# tasks, the writer tasks and the shard commits. They are reserved first, so that actor pools
 # sized to the cluster never leave them unschedulable (on a 2-CPU node that deadlocks the stream).
 LISTING_CPUS = 0.1
 SPLIT_CPUS = 0.05
@@ -15,11 +15,12 @@ PROBE_CPUS = 0.25
 WRITER_CPUS = 0.1
 COMMIT_CPUS = 0.1
 SMALL_STAGES_CPUS = LISTING_CPUS + SPLIT_CPUS + PROBE_CPUS + WRITER_CPUS + COMMIT_CPUS
-# Writer tasks and shard commits running at once. Their CPU requests are fractions, so without a
-# cap Ray would run up to 1 / WRITER_CPUS of them per CPU, each in a worker process of its own
-# that must start and import first: on a 2-CPU node, a storm of process start-ups.
+# Probe tasks, writer tasks and shard commits running at once. Their CPU requests are fractions,
+# so without a cap Ray would run up to 1 / WRITER_CPUS of them per CPU, each in a worker process
+# of its own that must start and import first: on a 2-CPU node, a storm of process start-ups.
 WRITERS_IN_FLIGHT = 2
 COMMITS_IN_FLIGHT = 2
+PROBES_IN_FLIGHT = 1
 
 # Model batches of decoded clips the object store may hold per model actor. Measured on the
 # overlap benchmark's 249 clips (OpenVINO model, 2 cores): with 3 batches and one-clip blocks the

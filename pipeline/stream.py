@@ -17,10 +17,11 @@ from pipeline.decode_stage import DecodeWorker
 from pipeline.listing_source import ShardListingDatasource
 from pipeline.model_stage import ModelWorker
 from pipeline.models import infer_task
-from pipeline.probe_stage import ProbeWorker
+from pipeline.probe_stage import probe_block
 from pipeline.resources import (
     LISTING_CPUS,
     PROBE_CPUS,
+    PROBES_IN_FLIGHT,
     SPLIT_CPUS,
     WRITER_CPUS,
     WRITERS_IN_FLIGHT,
@@ -34,8 +35,6 @@ from pipeline.spec import JobSpec
 # Videos per probe task (and so about the segments per decode task): small, so the first
 # segments reach the decoder early and several decode actors get work from one shard.
 LISTING_BLOCK_ROWS = 32
-# Videos per probe call within a task.
-PROBE_BATCH = 8
 # Model batches each writer task takes (one part file per task, model and shard).
 WRITER_BATCHES = 4
 
@@ -67,17 +66,17 @@ def build_stream(
     bound_memory(ds, spec)
     ds = split_blocks(ds, LISTING_BLOCK_ROWS, num_cpus=SPLIT_CPUS)
     ds = ds.map_batches(
-        ProbeWorker,
-        fn_constructor_kwargs={
+        probe_block,
+        fn_kwargs={
             "sampling": spec.sampling.model_dump(),
             "storage_options": spec.storage_options,
             "timeout_s": spec.decode.timeout_s,
             "isolated": spec.decode.isolation == "process",
         },
-        batch_size=PROBE_BATCH,
+        batch_size=None,  # one task per block of the listing
         batch_format="pyarrow",
-        compute=rd.ActorPoolStrategy(size=1),
         num_cpus=PROBE_CPUS,
+        compute=rd.TaskPoolStrategy(size=PROBES_IN_FLIGHT),
     )
     ds = ds.flat_map(
         DecodeWorker,
