@@ -1,8 +1,9 @@
 """Decoding in a killable child process, so a hung or crashing decoder costs one video, not the job.
 
 decord can hang inside native code while holding the GIL; no thread of the hung process can
-then interrupt it. Each decode actor therefore keeps one long-lived child process (spawned once,
-reused for every segment) and waits for its output with a deadline. When the deadline passes the
+then interrupt it. Each decode actor therefore keeps one long-lived child process (started once,
+reused for every segment; a probe task starts one per block) and waits for its output with a
+deadline. When the deadline passes the
 actor SIGKILLs the child, starts a fresh one and reports the segment as ``timeout``; when the
 child dies (a segfault in native code) the segment is reported as ``WorkerCrash``.
 
@@ -85,8 +86,8 @@ class IsolatedDecoder:
         self.restarts = 0
 
     def start(self) -> None:
-        """Start the child now (it imports its modules while the caller does other work);
-        ``run`` starts it otherwise."""
+        """Start the child now (a spawned one imports its modules while the caller does other
+        work); ``run`` starts it otherwise."""
         parent, child = self._ctx.Pipe(duplex=True)
         self._proc = self._ctx.Process(target=_child_loop, args=(child, self._produce), daemon=True)
         self._proc.start()

@@ -138,7 +138,7 @@ class DecodeWorker:
         self.isolated = (
             IsolatedDecoder(decode_segment) if self.decode.isolation == "process" else None
         )
-        if self.isolated:  # spawned while the other actors are built, not on the first segment
+        if self.isolated:  # started with the actor, not on the first segment
             self.isolated.start()
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
