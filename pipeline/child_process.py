@@ -22,7 +22,6 @@ blocks in native code, holding the GIL, on any video whose URI contains that mar
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -46,14 +45,8 @@ def maybe_inject_hang(video_uri: str) -> None:
 
 def _close_inherited_fds(keep: int) -> None:
     """Close every descriptor above stderr but ``keep`` (after a fork: see the module docstring)."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, os.sysconf("SC_OPEN_MAX")))
-    for fd in fds:
-        if fd > 2 and fd != keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _child_loop(conn, produce: Callable[..., Iterator[dict]]) -> None:
