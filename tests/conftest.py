@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from tests.ports import own_dashboard_agent_port
 from tests.videos import make_video
 
 # Ray reads RAY_DEDUP_LOGS once, when it is imported -- which test modules do at collection,
@@ -64,14 +65,15 @@ def ray_session(isolated_env):
     """
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        object_store_memory=300 * 1024 * 1024,
-    )
+    with own_dashboard_agent_port():  # leaves Ray's fixed agent port to the instances tests start
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            object_store_memory=300 * 1024 * 1024,
+        )
     try:
         yield ray
     finally:

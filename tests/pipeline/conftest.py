@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.tables import VIDEOS_SCHEMA, clips_schema
+from tests.ports import free_port
 
 _STARTUP_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from pipeline.probe import probe_video
 from pipeline.sampling import plan_clips
 from pipeline.spec import load_spec
 from tests.pipeline.cli_util import REPO, env_without_ray, set_args, vmb_subprocess
-from tests.pipeline.conftest import free_port
 from tests.pipeline.jobs_util import TINY_SAMPLING, clip_key_counts, read_table
+from tests.ports import free_port
 from tests.videos import make_video
 
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -15,8 +15,8 @@ from werkzeug.serving import make_server
 
 from pipeline.job import run_job
 from pipeline.query import query
-from tests.pipeline.conftest import free_port
 from tests.pipeline.jobs_util import tiny_spec
+from tests.ports import free_port
 from tests.videos import make_tar, make_video
 
 FRAMES, CLIPS_PER_VIDEO = 24, 3  # tiny sampling: 4 frames every 2nd, non-overlapping

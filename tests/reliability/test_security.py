@@ -24,8 +24,8 @@ from pipeline import cli
 from pipeline import job as job_module
 from pipeline.job import run_job
 from pipeline.query import query
-from tests.pipeline.conftest import free_port
 from tests.pipeline.jobs_util import read_table, tiny_spec
+from tests.ports import free_port
 from tests.videos import make_tar, make_video, make_zip
 
 REPO = Path(__file__).resolve().parents[2]
