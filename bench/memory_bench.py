@@ -30,14 +30,13 @@ from bench.common import Settings, log, save
 
 
 def _psutil():
-    try:
-        import psutil
-    except (
-        ImportError
-    ):  # Ray ships it under ray/thirdparty_files (on sys.path once ray is imported)
-        import psutil
-        import ray  # noqa: F401
-    return psutil
+    """psutil, which Ray ships under ``ray/thirdparty_files`` (on ``sys.path`` once ``ray`` is
+    imported)."""
+    import importlib
+
+    import ray  # noqa: F401 - puts ray/thirdparty_files on sys.path
+
+    return importlib.import_module("psutil")
 
 
 class Sampler(threading.Thread):
