@@ -45,5 +45,9 @@ def test_listing_reaches_the_probe_in_blocks_of_listing_block_rows(ray_session, 
     split = split_blocks(_listing(folder, tmp_path / "b"), 32, num_cpus=0.1)
     # Blocks reach the consumer in the order their tasks finish: compare the sizes, not the order.
     assert sorted(_block_rows(split), reverse=True) == [32, 32, 32, 5]
-    # ... with the fraction of a CPU asked for, not Ray Data's default of one.
-    assert split._logical_plan.dag.ray_remote_args == {"num_cpus": 0.1}
+    # ... with the fraction of a CPU asked for, not Ray Data's default of one, and no cap on the
+    # blocks a split task yields ahead of the executor (so it ends, and frees its worker).
+    assert split._logical_plan.dag.ray_remote_args == {
+        "num_cpus": 0.1,
+        "_generator_backpressure_num_objects": -1,
+    }
