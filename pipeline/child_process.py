@@ -3,9 +3,9 @@
 decord can hang inside native code while holding the GIL; no thread of the hung process can
 then interrupt it. Each decode actor therefore keeps one long-lived child process (started once,
 reused for every segment; a probe task starts one per block) and waits for its output with a
-deadline. When the deadline passes the
-actor SIGKILLs the child, starts a fresh one and reports the segment as ``timeout``; when the
-child dies (a segfault in native code) the segment is reported as ``WorkerCrash``.
+deadline. When the deadline passes the actor SIGKILLs the child, starts a fresh one and reports
+the segment as ``timeout``; when the child dies (a segfault in native code) the segment is
+reported as ``WorkerCrash``.
 
 The child is forked from the actor where the platform can (Linux): it starts in milliseconds
 with the actor's modules already imported, where a spawned child started a fresh interpreter

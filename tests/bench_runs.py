@@ -71,15 +71,19 @@ def _run(work: Path, args: tuple[str, ...]) -> str:
     try:
         stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        stderr = f"(stopped after {RUN_TIMEOUT_S} s)"
-        stdout = ""
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
+        stderr += f"\n(stopped after {RUN_TIMEOUT_S} s)"
+    except BaseException:  # interrupted (a test timeout, Ctrl-C): its Ray processes go with it
+        _kill_group(proc)
+        raise
     assert proc.returncode == 0, stderr[-4000:]
     return stdout
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def stop() -> None:

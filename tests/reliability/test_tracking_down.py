@@ -16,8 +16,9 @@ from pipeline import cli
 from pipeline import job as job_module
 from pipeline.job import run_job
 from pipeline.tracking import TrackingUnavailableError
-from tests.pipeline.conftest import _kill_group, _wait_healthy, free_port, mlflow_server_command
+from tests.pipeline.conftest import _kill_group, _wait_healthy, mlflow_server_command
 from tests.pipeline.jobs_util import clip_key_counts, read_table, tiny_spec
+from tests.ports import free_port
 from tests.videos import make_video
 
 
