@@ -1,6 +1,7 @@
 """Stage 3: decode actors turn segment rows into clip rows.
 
-A clip row carries the clip's frames ``(T, H, W, 3)`` uint8, its frame indices and real
+A clip row carries the clip's frames ``(T, H, W, 3)`` uint8 (``(0, H, W, 3)`` in an error row;
+a block holding both is a variable-shaped tensor column), its frame indices and real
 presentation times, and the video's columns (``rows.VIDEO_COLUMNS``) so the writer can record
 the video without a lookup. A segment that fails becomes one ``ok = False`` row with its typed
 error (after the clips it produced, counted in ``emitted_before_error``); a segment row that
@@ -186,7 +187,9 @@ class DecodeWorker:
             "frame_bytes": np.zeros(clip_len, np.int64),
             "decode_s": decode_s,
             "decode_backend": "",
-            "frames": np.zeros((clip_len, *size, 3), np.uint8),
+            # No frames: a failed segment's row must not carry a clip of zeros through the
+            # object store (300 KB at 112x112; a manifest of missing files stalled on them).
+            "frames": np.zeros((0, *size, 3), np.uint8),
             "status": err["status"],
             "error_type": err["error_type"],
             "error_message": err["error_message"],

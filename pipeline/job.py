@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.archive import check_archive
+from pipeline.driver_memory import release_free_memory
 from pipeline.errors import UserError
 from pipeline.listing_source import listing_report_uri
 from pipeline.models import check_model_spec, check_weights
@@ -37,6 +38,7 @@ from pipeline.shard_tracker import ReadyShard, ShardTracker
 from pipeline.shards import ShardMarker
 from pipeline.spec import JobSpec
 from pipeline.stream import build_stream, iter_status
+from pipeline.throughput import ThroughputCurve
 from pipeline.uris import redact, redact_uri
 
 log = logging.getLogger(__name__)
@@ -298,6 +300,8 @@ class _Commits:
         )
         for counts in self.ray.get(done):
             self.totals.add(counts)
+        if done:
+            release_free_memory()
 
 
 def _remove_shards_beyond(
@@ -343,7 +347,7 @@ def _execute(
 
         bar = tqdm(unit="clip", desc=spec.name, dynamic_ncols=True)
     t_run = time.time()
-    timeline: list[tuple[float, int]] = [(0.0, 0)]
+    curve = ThroughputCurve()
     shards, totals = ShardTracker(), _Totals()
     commits = _Commits(spec, ray, totals, run)
     received = 0
@@ -354,7 +358,7 @@ def _execute(
         for ready in shards.add(status):
             commits.submit(ready)
         commits.poll()
-        timeline.append((time.time() - t_run, shards.clips_seen))
+        curve.add(time.time() - t_run, shards.clips_seen)
         if bar is not None:
             bar.update(shards.clips_seen - before)
             bar.set_postfix(shards=totals.shards_committed, refresh=False)
@@ -397,7 +401,7 @@ def _execute(
         metrics.update({f"failures_{k}": float(v) for k, v in summary["failures_by_type"].items()})
         tracker.log_metrics(metrics)
         tracker.log_artifacts(
-            spec_text or "", summary, totals.failures, timeline, dict(totals.labels)
+            spec_text or "", summary, totals.failures, curve.samples(), dict(totals.labels)
         )
     out.write_job(_job_doc(spec, job_id, run_id, started, ended, summary))
     return JobResult(job_id, spec.output, run_id, summary, totals.failures)

@@ -99,6 +99,8 @@ class ModelWorker:
             acc = BlockAccessor.for_block(batch)
             cols = acc.to_numpy([FRAMES, "frame_indices", "frame_bytes", "probe_fps"])
             frames = cols[FRAMES] if len(idx) == n else cols[FRAMES][idx]  # (B, T, H, W, 3)
+            if frames.dtype == object:  # a block with error rows (no frames) among the clips
+                frames = np.stack(list(frames))
             meta = {k: batch.column(k).to_pylist() for k in _META}
             metas = [
                 {

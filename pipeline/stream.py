@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import pyarrow as pa
 
 from pipeline.decode_stage import DecodeWorker
+from pipeline.listing_backpressure import bound_listing
 from pipeline.listing_source import ShardListingDatasource
 from pipeline.model_stage import ModelWorker
 from pipeline.models import infer_task
@@ -35,6 +36,12 @@ from pipeline.spec import JobSpec
 # Videos per probe task (and so about the segments per decode task): small, so the first
 # segments reach the decoder early and several decode actors get work from one shard.
 LISTING_BLOCK_ROWS = 32
+# Listing blocks that may wait for the probe: two shards' worth, so the probe never waits for
+# the listing and the driver never holds the listing of the whole archive.
+SHARDS_LISTED_AHEAD = 2
+# Probed blocks that may wait per decode actor: enough to keep it busy, few enough that the
+# probe's rows do not take the object-store budget the decoded clips need.
+PROBED_BLOCKS_AHEAD = 4
 # Model batches each writer task takes (one part file per task, model and shard).
 WRITER_BATCHES = 4
 
@@ -64,6 +71,12 @@ def build_stream(
         override_num_blocks=1,
     )
     bound_memory(ds, spec)
+    bound_listing(
+        ds,
+        probe=probe_block.__name__,
+        listed=listing_blocks_ahead(spec.shard_size),
+        probed=PROBED_BLOCKS_AHEAD * spec.decode.actors,
+    )
     ds = split_blocks(ds, LISTING_BLOCK_ROWS, num_cpus=SPLIT_CPUS)
     ds = ds.map_batches(
         probe_block,
@@ -122,6 +135,10 @@ def build_stream(
         num_cpus=WRITER_CPUS,
         compute=rd.TaskPoolStrategy(size=WRITERS_IN_FLIGHT),
     )
+
+
+def listing_blocks_ahead(shard_size: int) -> int:
+    return SHARDS_LISTED_AHEAD * -(-shard_size // LISTING_BLOCK_ROWS)
 
 
 def split_blocks(ds, rows: int, *, num_cpus: float):

@@ -1,0 +1,136 @@
+"""The listing and the probe stay a bounded number of blocks ahead of the stages after them, on a
+real stream (listing -> split -> a slow stage standing in for the probe -> one after it)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+from ray import cloudpickle
+
+from pipeline.listing_backpressure import (
+    CONFIG_KEY,
+    LISTING_BLOCK_BYTES,
+    LISTING_BLOCKS_QUEUED,
+    ListingRunAhead,
+    bound_listing,
+)
+from pipeline.stream import split_blocks
+from tests.pipeline.test_stream import _listing
+
+# The stream's DataContext (holding the policy class below) travels to the workers, where this
+# test module cannot be imported by name.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+VIDEOS = 3000
+BLOCK_ROWS = 32
+LISTED, PROBED = 8, 2
+
+
+def probe_stub(batch: pa.Table) -> pa.Table:
+    time.sleep(0.03)  # slower than the listing: unbounded, the listing would run far ahead
+    return batch
+
+
+def decode_stub(batch: pa.Table) -> pa.Table:
+    time.sleep(0.01)
+    return batch
+
+
+class Recording(ListingRunAhead):
+    """The policy, noting the most blocks it saw waiting (it runs in this process)."""
+
+    seen: dict[str, int] = {}
+
+    def __init__(self, data_context, topology, resource_manager):
+        super().__init__(data_context, topology, resource_manager)
+        Recording.seen = {"listed": 0, "probed": 0, "queued_bytes": 0, "listing_block_bytes": 0}
+        if self.listing is not None:
+            Recording.seen["listing_block_bytes"] = self.listing.target_max_block_size_override
+
+    def can_add_input(self, op) -> bool:
+        if self.split is not None:
+            seen = Recording.seen
+            seen["listed"] = max(seen["listed"], self.waiting(self.split))
+            seen["probed"] = max(seen["probed"], self.waiting(self.probe))
+            queued = self._topology[self.split].total_enqueued_input_blocks_bytes()
+            seen["queued_bytes"] = max(seen["queued_bytes"], queued)
+        return super().can_add_input(op)
+
+
+def _stream(folder: Path, output: Path, listed: int, probed: int):
+    import ray.data as rd
+    from ray.data._internal.execution.backpressure_policy import (
+        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+    )
+
+    ds = _listing(folder, output)
+    bound_listing(ds, probe=probe_stub.__name__, listed=listed, probed=probed)
+    policies = ds.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
+    ds.context.set_config(
+        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+        [Recording if p is ListingRunAhead else p for p in policies],
+    )
+    ds = split_blocks(ds, BLOCK_ROWS, num_cpus=0.05)
+    ds = ds.map_batches(
+        probe_stub,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.1,
+        compute=rd.TaskPoolStrategy(size=1),
+    )
+    ds = ds.map_batches(
+        decode_stub,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.15,  # not fused with the stage before it
+        compute=rd.TaskPoolStrategy(size=1),
+    )
+    return ds
+
+
+def _uris(ds) -> list[str]:
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    return [u for b in batches for u in b.column("video_uri").to_pylist()]
+
+
+def _archive(tmp_path: Path) -> Path:
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i in range(VIDEOS):
+        (folder / f"v{i:05d}.mp4").write_bytes(b"\0")  # listed by name and size only
+    return folder
+
+
+def test_listing_and_probe_stay_a_bounded_number_of_blocks_ahead(ray_session, tmp_path):
+    folder = _archive(tmp_path)
+    uris = _uris(_stream(folder, tmp_path / "out", LISTED, PROBED))
+    assert sorted(uris) == sorted(str(p) for p in folder.iterdir())  # every video, once
+
+    seen = Recording.seen
+    assert seen["listing_block_bytes"] == LISTING_BLOCK_BYTES
+    # The split takes one listing block at a time, only while fewer than LISTED wait: at most
+    # LISTED - 1 plus one listing block's worth of split blocks (64 KiB of rows here: < 16).
+    assert 0 < seen["listed"] < LISTED + 16
+    assert seen["probed"] <= PROBED
+    # Reads stop at LISTING_BLOCKS_QUEUED blocks' bytes; the read that crossed it adds one block
+    # of up to 1.5x the target (Ray Data slices larger ones).
+    assert seen["queued_bytes"] < (LISTING_BLOCKS_QUEUED + 1.5) * LISTING_BLOCK_BYTES
+
+
+def test_without_the_bounds_the_listing_runs_ahead(ray_session, tmp_path):
+    """The check above can fail: with limits too high to bind, the split runs far ahead."""
+    folder = _archive(tmp_path)
+    uris = _uris(_stream(folder, tmp_path / "out", 10**9, 10**9))
+    assert len(uris) == VIDEOS
+    assert Recording.seen["listed"] >= LISTED + 16
+
+
+def test_the_policy_leaves_other_streams_alone(ray_session):
+    import ray.data as rd
+
+    ds = rd.range(10)
+    assert ds.context.get_config(CONFIG_KEY, None) is None
+    assert ds.map_batches(lambda b: b).count() == 10
