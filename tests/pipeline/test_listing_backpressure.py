@@ -24,13 +24,13 @@ from tests.pipeline.test_stream import _listing
 # test module cannot be imported by name.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-VIDEOS = 3000
+VIDEOS = 1200
 BLOCK_ROWS = 32
 LISTED, PROBED = 8, 2
 
 
 def probe_stub(batch: pa.Table) -> pa.Table:
-    time.sleep(0.03)  # slower than the listing: unbounded, the listing would run far ahead
+    time.sleep(0.02)  # slower than the listing: unbounded, the listing would run far ahead
     return batch
 
 
