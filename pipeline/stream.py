@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 import pyarrow as pa
 
 from pipeline.decode_stage import DecodeWorker
-from pipeline.listing_backpressure import bound_listing
 from pipeline.listing_source import ShardListingDatasource
 from pipeline.model_stage import ModelWorker
 from pipeline.models import infer_task
@@ -32,6 +31,7 @@ from pipeline.resources import (
 from pipeline.shard_writer import write_parts
 from pipeline.shards import ShardMarker
 from pipeline.spec import JobSpec
+from pipeline.stream_bounds import bound_stream
 
 # Videos per probe task (and so about the segments per decode task): small, so the first
 # segments reach the decoder early and several decode actors get work from one shard.
@@ -71,7 +71,7 @@ def build_stream(
         override_num_blocks=1,
     )
     bound_memory(ds, spec)
-    bound_listing(
+    bound_stream(
         ds,
         probe=probe_block.__name__,
         listed=listing_blocks_ahead(spec.shard_size),

@@ -10,14 +10,15 @@ from pathlib import Path
 import pyarrow as pa
 from ray import cloudpickle
 
-from pipeline.listing_backpressure import (
+from pipeline import stream_bounds
+from pipeline.stream import split_blocks
+from pipeline.stream_bounds import (
     CONFIG_KEY,
     LISTING_BLOCK_BYTES,
     LISTING_BLOCKS_QUEUED,
-    ListingRunAhead,
-    bound_listing,
+    StreamBounds,
+    bound_stream,
 )
-from pipeline.stream import split_blocks
 from tests.pipeline.test_stream import _listing
 
 # The stream's DataContext (holding the policy class below) travels to the workers, where this
@@ -39,14 +40,21 @@ def decode_stub(batch: pa.Table) -> pa.Table:
     return batch
 
 
-class Recording(ListingRunAhead):
+class Recording(StreamBounds):
     """The policy, noting the most blocks it saw waiting (it runs in this process)."""
 
     seen: dict[str, int] = {}
 
     def __init__(self, data_context, topology, resource_manager):
         super().__init__(data_context, topology, resource_manager)
-        Recording.seen = {"listed": 0, "probed": 0, "queued_bytes": 0, "listing_block_bytes": 0}
+        Recording.seen = {
+            "listed": 0,
+            "probed": 0,
+            "queued_bytes": 0,
+            "listing_block_bytes": 0,
+            "block_stats_kept": 0,
+            "blocks_made": 0,
+        }
         if self.listing is not None:
             Recording.seen["listing_block_bytes"] = self.listing.target_max_block_size_override
 
@@ -57,6 +65,11 @@ class Recording(ListingRunAhead):
             seen["probed"] = max(seen["probed"], self.waiting(self.probe))
             queued = self._topology[self.split].total_enqueued_input_blocks_bytes()
             seen["queued_bytes"] = max(seen["queued_bytes"], queued)
+            for stage in self._topology:
+                kept = len(getattr(stage, "_output_blocks_stats", ()))
+                seen["block_stats_kept"] = max(seen["block_stats_kept"], kept)
+                made = stage.metrics.num_outputs_taken
+                seen["blocks_made"] = max(seen["blocks_made"], made)
         return super().can_add_input(op)
 
 
@@ -67,11 +80,11 @@ def _stream(folder: Path, output: Path, listed: int, probed: int):
     )
 
     ds = _listing(folder, output)
-    bound_listing(ds, probe=probe_stub.__name__, listed=listed, probed=probed)
+    bound_stream(ds, probe=probe_stub.__name__, listed=listed, probed=probed)
     policies = ds.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
     ds.context.set_config(
         ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
-        [Recording if p is ListingRunAhead else p for p in policies],
+        [Recording if p is StreamBounds else p for p in policies],
     )
     ds = split_blocks(ds, BLOCK_ROWS, num_cpus=0.05)
     ds = ds.map_batches(
@@ -104,7 +117,10 @@ def _archive(tmp_path: Path) -> Path:
     return folder
 
 
-def test_listing_and_probe_stay_a_bounded_number_of_blocks_ahead(ray_session, tmp_path):
+def test_listing_and_probe_stay_a_bounded_number_of_blocks_ahead(
+    ray_session, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(stream_bounds, "BLOCK_STATS_KEPT", 5)
     folder = _archive(tmp_path)
     uris = _uris(_stream(folder, tmp_path / "out", LISTED, PROBED))
     assert sorted(uris) == sorted(str(p) for p in folder.iterdir())  # every video, once
@@ -118,6 +134,10 @@ def test_listing_and_probe_stay_a_bounded_number_of_blocks_ahead(ray_session, tm
     # Reads stop at LISTING_BLOCKS_QUEUED blocks' bytes; the read that crossed it adds one block
     # of up to 1.5x the target (Ray Data slices larger ones).
     assert seen["queued_bytes"] < (LISTING_BLOCKS_QUEUED + 1.5) * LISTING_BLOCK_BYTES
+
+    # Each stage kept the stats of its newest 5 blocks only (the split made dozens).
+    assert seen["block_stats_kept"] == 5
+    assert seen["blocks_made"] > 20
 
 
 def test_without_the_bounds_the_listing_runs_ahead(ray_session, tmp_path):

@@ -1,31 +1,35 @@
-"""Bounds on how far the listing and the probe run ahead of the decoders.
+"""What a job's stream may hold at once, bounded whatever the archive's size.
 
-A listing row is a few hundred bytes, so Ray Data's memory-based backpressure never held the
-listing back: a 1,000,000-row manifest became 109 listing blocks (254 MiB) and then 31,250
-split blocks within seconds, every one an object reference, a ``RefBundle`` and its metadata
-in the driver. Worse, those bytes counted against the stream's small object-store budget
-(``pipeline.resources.stream_memory_limit``), so the decoders and the model got no budget and
-the first clip waited 30-60 s. The probe, fast on missing files, then ran ahead the same way.
+**How far the listing and the probe run ahead.** A listing row is a few hundred bytes, so Ray
+Data's memory-based backpressure never held the listing back: a 1,000,000-row manifest became
+109 listing blocks (254 MiB) and then 31,250 split blocks within seconds, every one an object
+reference, a ``RefBundle`` and its metadata in the driver. Worse, those bytes counted against
+the stream's small object-store budget (``pipeline.resources.stream_memory_limit``), so the
+decoders and the model got no budget and the first clip waited 30-60 s. The probe, fast on
+missing files, then ran ahead the same way. ``StreamBounds`` is a Ray Data backpressure policy
+(Ray Data's extension point: ``DataContext.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+...)``) that bounds them in blocks instead:
 
-``ListingRunAhead`` is a Ray Data backpressure policy (Ray Data's extension point:
-``DataContext.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, ...)``) that bounds them in
-blocks instead:
-
+- the listing's read task yields blocks of ``LISTING_BLOCK_BYTES`` (not the stream's block
+  size, a model batch of decoded clips: thousands of listing rows), and is not read from while
+  ``LISTING_BLOCKS_QUEUED`` blocks' worth waits for the split (its generator pauses two blocks
+  ahead, Ray's default);
 - the split takes a new listing block only when its last one is done and fewer than
   ``listed`` of its blocks wait for the probe;
-- the listing's read task is not read from while a listing block waits for the split (its
-  generator pauses two blocks ahead, Ray's default);
 - the probe starts a task only while fewer than ``probed`` probed blocks wait for the decoders.
 
-The listing and the split are then left out of Ray Data's memory budget (bounded here, a few
-MiB at most: three listing blocks and ``listed`` plus one listing block's worth of split
-blocks), so the budget goes to decoded clips. The driver holds that many blocks whatever the
-archive's size. Ray is pinned (pyproject.toml); ``tests/pipeline/test_listing_backpressure.py``
-checks the bounds on a real stream.
+**What the driver keeps per block.** Ray Data keeps the stats of every block each stage made
+(for its stats summary, shown with ``-v``): 5,300 of them, 3 MiB pickled, after 32,000 videos of
+a manifest, growing with the archive. Each stage keeps its newest ``BLOCK_STATS_KEPT``; the
+summary then describes those.
+
+Ray is pinned (pyproject.toml); ``tests/pipeline/test_stream_bounds.py`` checks the bounds on a
+real stream.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from ray.data._internal.execution import streaming_executor_state
@@ -37,20 +41,27 @@ from ray.data._internal.execution.backpressure_policy import (
 
 # DataContext config key: {"probe": <name of the probe's function>, "listed": <blocks>,
 # "probed": <blocks>}.
-CONFIG_KEY = "vmb.listing_run_ahead"
+CONFIG_KEY = "vmb.stream_bounds"
 # Bytes per block the listing's read task yields (about 250 videos of a local archive).
 LISTING_BLOCK_BYTES = 64 * 1024
 # Listing blocks that may wait for the split.
 LISTING_BLOCKS_QUEUED = 2
+# Per stage, the newest blocks whose stats the driver keeps.
+BLOCK_STATS_KEPT = 1000
 
 
-class ListingRunAhead(BackpressurePolicy):
-    """Holds back the listing, its split and the probe (see the module docstring)."""
+class StreamBounds(BackpressurePolicy):
+    """Holds back the listing, its split and the probe, and caps the block stats each stage
+    keeps (see the module docstring)."""
 
     def __init__(self, data_context, topology, resource_manager):
         super().__init__(data_context, topology, resource_manager)
         config: dict[str, Any] | None = data_context.get_config(CONFIG_KEY, None)
         ops = list(topology)  # in the stream's order: input, listing, split, probe, decode, ...
+        if config:
+            for op in ops:
+                if isinstance(getattr(op, "_output_blocks_stats", None), list):
+                    op._output_blocks_stats = deque(op._output_blocks_stats, BLOCK_STATS_KEPT)
         at = next((i for i, op in enumerate(ops) if config and config["probe"] in op.name), None)
         self.listing = self.split = self.probe = self.decode = None
         if at is None or at < 2 or at + 1 >= len(ops):
@@ -60,8 +71,8 @@ class ListingRunAhead(BackpressurePolicy):
         # Before its first task: listing blocks of a model batch of decoded clips (the stream's
         # block size) held thousands of videos and took the budget the decoders need.
         self.listing.override_target_max_block_size(LISTING_BLOCK_BYTES)
-        self.listing.vmb_keep_paused = True  # see _never_release_a_bounded_listing
-        _never_release_a_bounded_listing()
+        self.listing.vmb_keep_paused = True  # see _never_release_a_held_listing
+        _never_release_a_held_listing()
 
     def waiting(self, op) -> int:
         """Blocks ``op`` made that its next stage has not taken yet (``op``'s output queue is
@@ -84,7 +95,7 @@ class ListingRunAhead(BackpressurePolicy):
         return None
 
 
-def _never_release_a_bounded_listing() -> None:
+def _never_release_a_held_listing() -> None:
     """Ray Data's liveness guard reads a held-back stage's output anyway whenever the stage
     after it cannot start a task: the split, held back here, then let the listing run on (the
     queue grew with the archive: 0.8 MiB at 3,000 videos, 1.2 MiB at 12,000). The listing held
@@ -102,7 +113,7 @@ def _never_release_a_bounded_listing() -> None:
     guard.should_unblock = wrapped
 
 
-def bound_listing(ds, *, probe: str, listed: int, probed: int) -> None:
+def bound_stream(ds, *, probe: str, listed: int, probed: int) -> None:
     """In ``ds``'s stream, let at most ``listed`` blocks of the listing wait for the probe stage
     (the first stage whose name holds ``probe``) and ``probed`` probed blocks wait for the
     decoders; set on the Dataset's own ``DataContext``."""
@@ -110,6 +121,6 @@ def bound_listing(ds, *, probe: str, listed: int, probed: int) -> None:
     policies = ctx.get_config(
         ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, ENABLED_BACKPRESSURE_POLICIES
     )
-    if ListingRunAhead not in policies:
-        ctx.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, [*policies, ListingRunAhead])
+    if StreamBounds not in policies:
+        ctx.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, [*policies, StreamBounds])
     ctx.set_config(CONFIG_KEY, {"probe": probe, "listed": listed, "probed": probed})
