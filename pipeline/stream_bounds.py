@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ray.data._internal.execution import streaming_executor_state
 from ray.data._internal.execution.backpressure_policy import (
     ENABLED_BACKPRESSURE_POLICIES,
     ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
@@ -42,10 +41,6 @@ from ray.data._internal.execution.backpressure_policy import (
 # DataContext config key: {"probe": <name of the probe's function>, "listed": <blocks>,
 # "probed": <blocks>}.
 CONFIG_KEY = "vmb.stream_bounds"
-# Bytes per block the listing's read task yields (about 250 videos of a local archive).
-LISTING_BLOCK_BYTES = 64 * 1024
-# Listing blocks that may wait for the split.
-LISTING_BLOCKS_QUEUED = 2
 # Per stage, the newest blocks whose stats the driver keeps.
 BLOCK_STATS_KEPT = 1000
 
@@ -63,16 +58,11 @@ class StreamBounds(BackpressurePolicy):
                 if isinstance(getattr(op, "_output_blocks_stats", None), list):
                     op._output_blocks_stats = deque(op._output_blocks_stats, BLOCK_STATS_KEPT)
         at = next((i for i, op in enumerate(ops) if config and config["probe"] in op.name), None)
-        self.listing = self.split = self.probe = self.decode = None
+        self.split = self.probe = None
         if at is None or at < 2 or at + 1 >= len(ops):
             return  # not a job's stream: nothing to bound
-        self.listing, self.split, self.probe, self.decode = ops[at - 2 : at + 2]
+        self.split, self.probe = ops[at - 1 : at + 1]
         self.listed_ahead, self.probed_ahead = int(config["listed"]), int(config["probed"])
-        # Before its first task: listing blocks of a model batch of decoded clips (the stream's
-        # block size) held thousands of videos and took the budget the decoders need.
-        self.listing.override_target_max_block_size(LISTING_BLOCK_BYTES)
-        self.listing.vmb_keep_paused = True  # see _never_release_a_held_listing
-        _never_release_a_held_listing()
 
     def waiting(self, op) -> int:
         """Blocks ``op`` made that its next stage has not taken yet (``op``'s output queue is
@@ -85,32 +75,6 @@ class StreamBounds(BackpressurePolicy):
         if op is self.probe and op is not None:
             return self.waiting(op) < self.probed_ahead
         return True
-
-    def max_task_output_bytes_to_read(self, op) -> int | None:
-        # In bytes, not blocks: the split holds back a remainder of fewer rows than its blocks
-        # until more arrive, which must never stop the listing.
-        if op is self.listing and op is not None:
-            queued = self._topology[self.split].total_enqueued_input_blocks_bytes()
-            return max(0, LISTING_BLOCKS_QUEUED * LISTING_BLOCK_BYTES - queued)
-        return None
-
-
-def _never_release_a_held_listing() -> None:
-    """Ray Data's liveness guard reads a held-back stage's output anyway whenever the stage
-    after it cannot start a task: the split, held back here, then let the listing run on (the
-    queue grew with the archive: 0.8 MiB at 3,000 videos, 1.2 MiB at 12,000). The listing held
-    back here is left out of that guard; it resumes as soon as the split takes its blocks, and
-    the split and everything after it keep the guard."""
-    guard = streaming_executor_state.OutputBackpressureGuard
-    if getattr(guard.should_unblock, "vmb_wrapped", False):
-        return
-    should_unblock = guard.should_unblock
-
-    def wrapped(self, op) -> bool:
-        return not getattr(op, "vmb_keep_paused", False) and should_unblock(self, op)
-
-    wrapped.vmb_wrapped = True
-    guard.should_unblock = wrapped
 
 
 def bound_stream(ds, *, probe: str, listed: int, probed: int) -> None:
