@@ -1,22 +1,23 @@
 """What a job's stream may hold at once, bounded whatever the archive's size.
 
-**How far the listing and the probe run ahead.** A listing row is a few hundred bytes, so Ray
-Data's memory-based backpressure never held the listing back: a 1,000,000-row manifest became
-109 listing blocks (254 MiB) and then 31,250 split blocks within seconds, every one an object
-reference, a ``RefBundle`` and its metadata in the driver. Worse, those bytes counted against
-the stream's small object-store budget (``pipeline.resources.stream_memory_limit``), so the
-decoders and the model got no budget and the first clip waited 30-60 s. The probe, fast on
-missing files, then ran ahead the same way. ``StreamBounds`` is a Ray Data backpressure policy
-(Ray Data's extension point: ``DataContext.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
-...)``) that bounds them in blocks instead:
+**How far the split and the probe run ahead.** A listing row is a few hundred bytes, so Ray
+Data's memory-based backpressure never held the stages in front of the decoders back: the
+listing's split cut a 1,000,000-row manifest into 31,250 blocks of 32 videos within seconds,
+every one an object reference, a ``RefBundle`` and its metadata in the driver, and the probe,
+fast on missing files, ran ahead of the decoders the same way. ``StreamBounds`` is a Ray Data
+backpressure policy (Ray Data's extension point:
+``DataContext.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, ...)``) that bounds them in
+blocks:
 
-- the listing's read task yields blocks of ``LISTING_BLOCK_BYTES`` (not the stream's block
-  size, a model batch of decoded clips: thousands of listing rows), and is not read from while
-  ``LISTING_BLOCKS_QUEUED`` blocks' worth waits for the split (its generator pauses two blocks
-  ahead, Ray's default);
 - the split takes a new listing block only when its last one is done and fewer than
   ``listed`` of its blocks wait for the probe;
 - the probe starts a task only while fewer than ``probed`` probed blocks wait for the decoders.
+
+The listing's read task itself is not held back: a held read task stays running, and while any
+task runs Ray Data never uses its last resort, starting a task that its memory budget refuses
+(a decode task of 32 clips outgrows its budget share): a 20,000-video job held that way made
+no clip in 800 s. Its blocks wait in front of the split, up to the listing's size in the
+object store and a reference each in the driver (109 for 1,000,000 videos).
 
 **What the driver keeps per block.** Ray Data keeps the stats of every block each stage made
 (for its stats summary, shown with ``-v``): 5,300 of them, 3 MiB pickled, after 32,000 videos of
@@ -46,8 +47,8 @@ BLOCK_STATS_KEPT = 1000
 
 
 class StreamBounds(BackpressurePolicy):
-    """Holds back the listing, its split and the probe, and caps the block stats each stage
-    keeps (see the module docstring)."""
+    """Holds back the listing's split and the probe, and caps the block stats each stage keeps
+    (see the module docstring)."""
 
     def __init__(self, data_context, topology, resource_manager):
         super().__init__(data_context, topology, resource_manager)
@@ -78,8 +79,8 @@ class StreamBounds(BackpressurePolicy):
 
 
 def bound_stream(ds, *, probe: str, listed: int, probed: int) -> None:
-    """In ``ds``'s stream, let at most ``listed`` blocks of the listing wait for the probe stage
-    (the first stage whose name holds ``probe``) and ``probed`` probed blocks wait for the
+    """In ``ds``'s stream, let at most ``listed`` split blocks of the listing wait for the probe
+    stage (the first stage whose name holds ``probe``) and ``probed`` probed blocks wait for the
     decoders; set on the Dataset's own ``DataContext``."""
     ctx = ds.context
     policies = ctx.get_config(

@@ -99,10 +99,10 @@ def _uris(ds) -> list[str]:
     return [u for b in batches for u in b.column("video_uri").to_pylist()]
 
 
-def _archive(tmp_path: Path) -> Path:
+def _archive(tmp_path: Path, videos: int = VIDEOS) -> Path:
     folder = tmp_path / "archive"
     folder.mkdir()
-    for i in range(VIDEOS):
+    for i in range(videos):
         (folder / f"v{i:05d}.mp4").write_bytes(b"\0")  # listed by name and size only
     return folder
 
@@ -130,9 +130,9 @@ def test_listing_and_probe_stay_a_bounded_number_of_blocks_ahead(
 
 def test_without_the_bounds_the_listing_runs_ahead(ray_session, tmp_path):
     """The check above can fail: with limits too high to bind, the split runs far ahead."""
-    folder = _archive(tmp_path)
+    folder = _archive(tmp_path, 2 * VIDEOS)  # 76 blocks: far more than the bounds above allow
     uris = _uris(_stream(folder, tmp_path / "out", 10**9, 10**9))
-    assert len(uris) == VIDEOS
+    assert len(uris) == 2 * VIDEOS
     assert Recording.seen["listed"] >= LISTED + 12
 
 
