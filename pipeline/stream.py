@@ -36,8 +36,8 @@ from pipeline.stream_bounds import bound_stream
 # Videos per probe task (and so about the segments per decode task): small, so the first
 # segments reach the decoder early and several decode actors get work from one shard.
 LISTING_BLOCK_ROWS = 32
-# Listing blocks that may wait for the probe: two shards' worth, so the probe never waits for
-# the listing and the driver never holds the listing of the whole archive.
+# Split blocks that may wait for the probe: two shards' worth, so the probe never waits for the
+# split and the driver does not hold a reference per 32 videos of the whole archive.
 SHARDS_LISTED_AHEAD = 2
 # Probed blocks that may wait per decode actor: enough to keep it busy, few enough that the
 # probe's rows do not take the object-store budget the decoded clips need.
