@@ -71,9 +71,9 @@ class StreamBounds(BackpressurePolicy):
         return self._topology[op.output_dependencies[0]].total_enqueued_input_blocks()
 
     def can_add_input(self, op) -> bool:
-        if op is self.split and op is not None:
+        if op is self.split:  # None outside a job's stream: no stage is None
             return op.num_active_tasks() == 0 and self.waiting(op) < self.listed_ahead
-        if op is self.probe and op is not None:
+        if op is self.probe:
             return self.waiting(op) < self.probed_ahead
         return True
 

@@ -1,5 +1,5 @@
-"""The listing and the probe stay a bounded number of blocks ahead of the stages after them, on a
-real stream (listing -> split -> a slow stage standing in for the probe -> one after it)."""
+"""The listing's split and the probe stay a bounded number of blocks ahead of the stages after them,
+on a real stream (listing -> split -> a slow stage standing in for the probe -> one after it)."""
 
 from __future__ import annotations
 
