@@ -78,6 +78,8 @@ from bench.common import (
 )
 
 JOB = REPO / "jobs" / "classify.toml"
+# Seconds between two samples of the job's processes' CPU (from the bench's process).
+CPU_SAMPLE_S = 0.5
 SIZE = 112
 BASE_VIDEOS = 20  # first-clip time and manifest prefix are compared against this archive
 BOUND_SAMPLE = 500  # videos decoded (and clips classified) for the decode-only / model-only bounds
@@ -205,6 +207,85 @@ def shard_nodes(output: Path) -> dict[str, Any]:
         if node:
             nodes[str(node)] = nodes.get(str(node), 0) + 1
     return {"markers": len(markers), "writer_nodes": nodes}
+
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, title, CPU seconds) of every process on this machine."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        title = cmd[0].decode(errors="replace") if cmd and cmd[0] else stat.split("(")[1][:15]
+        out[int(entry)] = (int(fields[1]), title, (int(fields[11]) + int(fields[12])) / _CLK)
+    return out
+
+
+def _process_group(title: str) -> str:
+    """What a process of the job's Ray instance is, from its title (Ray names a worker after
+    the task or actor it runs)."""
+    if title.startswith("ray::"):
+        name = title[5:].split(".")[0] if "(" not in title else title[5:].rsplit(".", 1)[0]
+        for stage in ("DecodeWorker", "ModelWorker", "probe_block", "write_parts", "Streaming"):
+            if stage in name:
+                return stage
+        return name
+    base = os.path.basename(title.split()[0])
+    return {"python": "Ray's python daemons"}.get(base, base)
+
+
+class ProcessCpu:
+    """CPU seconds of a job's child process and every process it started (Ray's GCS, raylet,
+    dashboard, workers and their decoder children), by what each process was: the driver, a
+    Ray daemon, or the stage its worker ran when sampled. Sampled from the bench's own process,
+    so the driver's figures do not include the sampling. Processes that start and end between
+    two samples are missed; each sample attributes a process's CPU since the last one to its
+    title at that moment."""
+
+    def __init__(self, root: int) -> None:
+        self.me = root
+        self.last: dict[int, float] = {}
+        self.groups: dict[str, float] = {}
+        self.started: float | None = None
+        self.wall_s = 0.0
+
+    def sample(self, count: bool = True) -> None:
+        table = _proc_table()
+        tree, todo = {self.me}, [self.me]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    todo.append(child)
+        now = time.perf_counter()
+        if count and self.started is None:
+            count, self.started = False, now
+        if count:
+            self.wall_s = now - self.started
+        for pid in tree:
+            ppid, title, cpu = table[pid]
+            delta = cpu - self.last.get(pid, 0.0)
+            self.last[pid] = cpu
+            if not count or delta <= 0:
+                continue
+            if pid == self.me:
+                group = "driver"
+            else:
+                group = _process_group(title)
+                if ppid in table and table[ppid][1] == title:
+                    group += " (child process)"
+            self.groups[group] = self.groups.get(group, 0.0) + delta
 
 
 class FirstFile(threading.Thread):
@@ -343,13 +424,21 @@ def run_job_child(
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
         )
-        try:
-            proc.wait(timeout + 90)
-        except subprocess.TimeoutExpired:
+        cpu = ProcessCpu(proc.pid)
+        partial = Path(str(result) + ".partial")
+        ends = time.monotonic() + timeout + 90
+        while proc.poll() is None and time.monotonic() < ends:
+            time.sleep(CPU_SAMPLE_S)
+            if not result.exists():  # the job's CPU: from run_job's start to its result
+                cpu.sample(count=partial.exists())
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
     if result.exists():
-        return json.loads(result.read_text())
+        return json.loads(result.read_text()) | {
+            "process_cpu_s": cpu.groups,
+            "process_cpu_wall_s": cpu.wall_s,
+        }
     partial = Path(str(result) + ".partial")
     if partial.exists():
         return json.loads(partial.read_text()) | {"timeout_s": timeout}
@@ -593,6 +682,8 @@ def scale_row(
         "shards": s.get("shards"),
         "ray_init_s": r["ray_init_s"],
         "load": r.get("load"),
+        "process_cpu_s": r.get("process_cpu_s") or {},
+        "process_cpu_wall_s": r.get("process_cpu_wall_s"),
     }
 
 
@@ -714,6 +805,28 @@ def _f(x: Any, nd: int = 2) -> Any:
     return "n/a" if x is None else (round(x, nd) if isinstance(x, float) else x)
 
 
+def cpu_table(v: dict[str, Any], p: dict[str, Any]) -> str:
+    """Where the machine's CPU went during one job, by process (``ProcessCpu``)."""
+    from bench.report import table
+
+    groups, wall = v.get("process_cpu_s") or {}, v.get("process_cpu_wall_s")
+    if not groups or not wall:
+        return "CPU by process: not recorded"
+    total = sum(groups.values())
+    per_k = 1000 / max(1, v["videos"])
+    rows = [
+        [name, cpu, cpu * per_k, f"{cpu / (p['cores'] * wall):.0%}"]
+        for name, cpu in sorted(groups.items(), key=lambda kv: -kv[1])
+        if cpu >= 0.05
+    ]
+    rows.append(["all", total, total * per_k, f"{total / (p['cores'] * wall):.0%}"])
+    return (
+        f"CPU by process over the {v['videos']:,}-video job ({wall:.1f} s sampled, "
+        f"{p['cores']} cores; a stage's name is what its Ray worker ran when sampled)\n"
+        + table(["process", "CPU s", "CPU s / 1k videos", "of the cores' time"], rows)
+    )
+
+
 def render(p: dict[str, Any]) -> str:
     from bench.report import table, target
 
@@ -752,6 +865,7 @@ def render(p: dict[str, Any]) -> str:
             ]
         )
     marginal = p.get("marginal_driver_cpu_s_per_1000")
+    largest = max(int(k) for k in p["scale"])
     out = (
         f"Archive scale: {p['job']} at {p['size']}x{p['size']}, 2 s 180p videos, one clip each; "
         f"{where}\n"
@@ -783,6 +897,9 @@ def render(p: dict[str, Any]) -> str:
     )
     if marginal is not None:
         out += f"; marginal driver CPU per 1k videos, smallest to largest archive: {marginal:.2f} s"
+    out += "\n\n" + cpu_table(
+        p["scale"][str(largest) if str(largest) in p["scale"] else largest], p
+    )
     rows = [
         [
             f"{r['rows']:,}",
