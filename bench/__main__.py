@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         help="archive: stop a manifest or cluster job after S seconds (default 3600; "
         "--quick 300); archive jobs get at least 0.3 s per video",
     )
+    p.add_argument(
+        "--first-clip-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="archive: also N interleaved rounds of jobs over 20 videos and the largest archive, "
+        "each stopped at its first clip (the first-clip ratio as a median)",
+    )
     a = p.parse_args(argv)
     unknown = [s for s in a.suites if s not in (*SUITES, "sweep")]
     if unknown:
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "archive_sizes": a.archive_sizes,
             "manifest_rows": a.manifest_rows,
             "archive_timeout": a.archive_timeout,
+            "first_clip_rounds": a.first_clip_rounds,
         },
     )
     t0 = time.time()

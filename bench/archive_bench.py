@@ -333,8 +333,37 @@ def first_file_s(output: Path, started: float) -> float | None:
     return min(times) - started if times else None
 
 
-def child_job(archive: str, output: str, result: str, address: str | None, deadline: float) -> None:
-    """Run one job in this process and write what it cost to ``result`` (JSON)."""
+def stop_at_first_clip(result: str, started: float) -> None:
+    """Once the job's shard tracker has seen its first clip, write the seconds from ``started``
+    (``time.time()`` at ``run_job``'s start) to ``result`` and interrupt the job."""
+    from pipeline.shard_tracker import ShardTracker
+
+    add = ShardTracker.add
+
+    def add_then_check(self, *args, **kwargs):
+        out = add(self, *args, **kwargs)
+        if self.first_clip_at is not None and not Path(result).exists():
+            Path(result).write_text(
+                json.dumps(
+                    {"completed": False, "first_clip_from_start_s": self.first_clip_at - started}
+                )
+            )
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    ShardTracker.add = add_then_check
+
+
+def child_job(
+    archive: str,
+    output: str,
+    result: str,
+    address: str | None,
+    deadline: float,
+    first_clip_only: bool = False,
+) -> None:
+    """Run one job in this process and write what it cost to ``result`` (JSON); with
+    ``first_clip_only``, stop it at its first clip and write only when that came."""
     import ray
 
     from pipeline.job import run_job
@@ -351,6 +380,8 @@ def child_job(archive: str, output: str, result: str, address: str | None, deadl
     out = Path(output)
     partial = Path(result + ".partial")
     c0, t0, started = time.process_time(), time.perf_counter(), time.time()
+    if first_clip_only:
+        stop_at_first_clip(result, started)
     watcher = FirstFile(out, partial, t0)
     watcher.start()
     # Past the deadline the job is interrupted (KeyboardInterrupt in run_job), Ray is shut down
@@ -394,14 +425,20 @@ def child_job(archive: str, output: str, result: str, address: str | None, deadl
             )
         )
     except KeyboardInterrupt:
-        log(f"archive: job on {archive} stopped at its {deadline:.0f} s deadline")
+        if not first_clip_only:
+            log(f"archive: job on {archive} stopped at its {deadline:.0f} s deadline")
     finally:
         watcher.halt.set()
         ray.shutdown()
 
 
 def run_job_child(
-    archive: Path, output: Path, work: Path, timeout: float, address: str | None = None
+    archive: Path,
+    output: Path,
+    work: Path,
+    timeout: float,
+    address: str | None = None,
+    first_clip_only: bool = False,
 ) -> dict[str, Any]:
     """One job in a fresh process (its own session, so its Ray processes can be stopped with it)."""
     result = work / f"{output.name}.json"
@@ -418,6 +455,8 @@ def run_job_child(
     ]
     if address:
         cmd += ["--address", address]
+    if first_clip_only:
+        cmd += ["--first-clip-only"]
     env = subprocess_env(PYTHONPATH=str(REPO), VMB_CACHE_DIR=str(CACHE / "vmb-cache"))
     log_path = work / f"{output.name}.log"
     with log_path.open("w") as logf:
@@ -687,6 +726,36 @@ def scale_row(
     }
 
 
+def first_clip_rounds(rounds: int, largest: int, tmp: Path, timeout: float) -> dict[str, Any]:
+    """``rounds`` interleaved pairs of jobs, over ``BASE_VIDEOS`` videos and over ``largest``,
+    each stopped at its first clip: seconds from ``run_job``'s start to it, and the ratio of
+    the medians (one pair of jobs moves by seconds with the machine's load)."""
+    times: dict[int, list[float]] = {BASE_VIDEOS: [], largest: []}
+    for i in range(rounds):
+        for count in times:
+            log(f"archive: first clip, round {i + 1} of {rounds}, {count:,} videos")
+            r = run_job_child(
+                inputs.many_names_archive(count),
+                tmp / f"first-clip-{count}-{i}",
+                tmp,
+                timeout,
+                first_clip_only=True,
+            )
+            if r.get("first_clip_from_start_s") is None:
+                raise RuntimeError(f"the {count}-video job made no clip within {timeout:.0f} s")
+            times[count].append(r["first_clip_from_start_s"])
+    if not rounds:
+        return {}
+    base, big = median(times[BASE_VIDEOS]), median(times[largest])
+    return {
+        "videos": largest,
+        "times": times,
+        "median_base": base,
+        "median": big,
+        "ratio": big / base,
+    }
+
+
 def manifest_row(r: dict[str, Any], rows: int) -> dict[str, Any]:
     s = r.get("summary") or {}
     return {
@@ -734,6 +803,9 @@ def run(settings: Settings) -> dict:
             runs[count] = run_job_child(archive, tmp / f"out-{count}", tmp, limit) | {"load": load}
             if not runs[count].get("completed"):
                 raise RuntimeError(f"the {count}-video job did not finish within {limit:.0f} s")
+        first_clips = first_clip_rounds(
+            int(extra.get("first_clip_rounds") or 0), largest, tmp, timeout
+        )
         log(f"archive: decode-only and model-only bounds on the {largest:,}-video archive (after)")
         bound_runs.append(bounds(bound_archive, tmp))
         bound = mean_bounds(bound_runs)
@@ -793,6 +865,7 @@ def run(settings: Settings) -> dict:
         "manifests": manifests,
         "multinode": multi,
         "timeout_s": timeout,
+        "first_clip_rounds": first_clips,
     }
     save("archive", settings, payload)
     return payload
@@ -897,6 +970,17 @@ def render(p: dict[str, Any]) -> str:
     )
     if marginal is not None:
         out += f"; marginal driver CPU per 1k videos, smallest to largest archive: {marginal:.2f} s"
+    fc = p.get("first_clip_rounds") or {}
+    if fc:
+        runs = "; ".join(
+            f"{int(k):,} videos " + ", ".join(f"{t:.2f}" for t in v) for k, v in fc["times"].items()
+        )
+        out += (
+            f"\nfirst clip, {len(next(iter(fc['times'].values())))} interleaved rounds of jobs "
+            f"stopped at their first clip: median {fc['median']:.2f} s at {fc['videos']:,} videos "
+            f"vs {fc['median_base']:.2f} s at {BASE_VIDEOS} = {fc['ratio']:.2f} "
+            f"{target(fc['ratio'] <= 1.2)} ({runs} s)"
+        )
     out += "\n\n" + cpu_table(
         p["scale"][str(largest) if str(largest) in p["scale"] else largest], p
     )
@@ -975,11 +1059,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("result")
     p.add_argument("--address")
     p.add_argument("--deadline", type=float, default=3600)
+    p.add_argument("--first-clip-only", action="store_true")
     a = p.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    child_job(a.archive, a.output, a.result, a.address, a.deadline)
+    child_job(a.archive, a.output, a.result, a.address, a.deadline, a.first_clip_only)
 
 
 if __name__ == "__main__":
