@@ -333,25 +333,25 @@ def first_file_s(output: Path, started: float) -> float | None:
     return min(times) - started if times else None
 
 
-def stop_at_first_clip(result: str, started: float) -> None:
+def stop_at_first_clip(result: str, started: float) -> dict[str, float]:
     """Once the job's shard tracker has seen its first clip, write the seconds from ``started``
-    (``time.time()`` at ``run_job``'s start) to ``result`` and interrupt the job."""
+    (``time.time()`` at ``run_job``'s start) to ``result`` and interrupt the job. Returns the
+    record it wrote (filled in then), for a job that ends before the interruption lands."""
     from pipeline.shard_tracker import ShardTracker
 
     add = ShardTracker.add
+    seen: dict[str, float] = {}
 
     def add_then_check(self, *args, **kwargs):
         out = add(self, *args, **kwargs)
-        if self.first_clip_at is not None and not Path(result).exists():
-            Path(result).write_text(
-                json.dumps(
-                    {"completed": False, "first_clip_from_start_s": self.first_clip_at - started}
-                )
-            )
+        if self.first_clip_at is not None and not seen:
+            seen["first_clip_from_start_s"] = self.first_clip_at - started
+            Path(result).write_text(json.dumps({"completed": False, **seen}))
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
     ShardTracker.add = add_then_check
+    return seen
 
 
 def child_job(
@@ -380,8 +380,7 @@ def child_job(
     out = Path(output)
     partial = Path(result + ".partial")
     c0, t0, started = time.process_time(), time.perf_counter(), time.time()
-    if first_clip_only:
-        stop_at_first_clip(result, started)
+    first_clip = stop_at_first_clip(result, started) if first_clip_only else {}
     watcher = FirstFile(out, partial, t0)
     watcher.start()
     # Past the deadline the job is interrupted (KeyboardInterrupt in run_job), Ray is shut down
@@ -420,6 +419,7 @@ def child_job(
                     "files": data_files(out),
                     "shards": shard_nodes(out),
                     "nodes": nodes,
+                    **first_clip,
                 },
                 default=str,
             )

@@ -55,7 +55,14 @@ def test_bench_archive_quick_prints_its_tables():
     """The archive suite on one 20-video archive, the 1,000-row manifest, the two-node cluster
     and the query layouts (about a minute): its tables come out and its record is complete."""
     work, out = bench_runs.result("archive")
-    for heading in ("Archive scale:", "Manifest (", "Multi-node:", "Query (pipeline.query.query)"):
+    for heading in (
+        "Archive scale:",
+        "CPU by process over the 20-video job",
+        "first clip, 1 interleaved rounds",
+        "Manifest (",
+        "Multi-node:",
+        "Query (pipeline.query.query)",
+    ):
         assert heading in out, f"missing table {heading!r}:\n{out[-3000:]}"
     doc = json.loads((work / "results" / "quick-archive.json").read_text())
     assert doc["machine"]["cpu"] and doc["cpu"] == doc["machine"]["cpu"]
@@ -63,6 +70,11 @@ def test_bench_archive_quick_prints_its_tables():
     assert row["videos"] == row["clips"] == 20  # one clip per video, as the bench is built
     assert row["files"]["clips"] >= 1 and row["files"]["videos"] >= 1
     assert row["driver_cpu_s"] > 0
+    # The job's processes were sampled: the driver and the two actors used CPU.
+    assert {"driver", "DecodeWorker", "ModelWorker"} <= set(row["process_cpu_s"])
+    # One more job, stopped at its first clip (which it recorded).
+    first = doc["first_clip_rounds"]["times"]["20"]
+    assert len(first) == 1 and 0 < first[0] < 600
     assert doc["manifests"]["1000"]["completed"] and doc["manifests"]["1000"]["clips"] == 20
     assert doc["multinode"]["completed"] and len(doc["multinode"]["nodes"]) == 3
     assert all(q["same_answer"] for q in doc["queries"]["queries"].values())
