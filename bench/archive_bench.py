@@ -333,22 +333,26 @@ def first_file_s(output: Path, started: float) -> float | None:
     return min(times) - started if times else None
 
 
+class FirstClipSeen(BaseException):
+    """Raised in the job's loop to stop it once its first clip is recorded."""
+
+
 def stop_at_first_clip(result: str, started: float) -> dict[str, float]:
     """Once the job's shard tracker has seen its first clip, write the seconds from ``started``
-    (``time.time()`` at ``run_job``'s start) to ``result`` and interrupt the job. Returns the
-    record it wrote (filled in then), for a job that ends before the interruption lands."""
+    (``time.time()`` at ``run_job``'s start) to ``result`` and stop the job: the tracker's next
+    call raises ``FirstClipSeen``, which ``run_job`` passes on after ending its run. Returns
+    the record it wrote (filled in then), for a job that ends before that next call."""
     from pipeline.shard_tracker import ShardTracker
 
     add = ShardTracker.add
     seen: dict[str, float] = {}
 
     def add_then_check(self, *args, **kwargs):
-        out = add(self, *args, **kwargs)
-        if self.first_clip_at is not None and not seen:
+        if self.first_clip_at is not None:  # set while the previous call's rows were read
             seen["first_clip_from_start_s"] = self.first_clip_at - started
             Path(result).write_text(json.dumps({"completed": False, **seen}))
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
+            raise FirstClipSeen
+        return add(self, *args, **kwargs)
 
     ShardTracker.add = add_then_check
     return seen
@@ -424,9 +428,10 @@ def child_job(
                 default=str,
             )
         )
+    except FirstClipSeen:
+        pass
     except KeyboardInterrupt:
-        if not first_clip_only:
-            log(f"archive: job on {archive} stopped at its {deadline:.0f} s deadline")
+        log(f"archive: job on {archive} stopped at its {deadline:.0f} s deadline")
     finally:
         watcher.halt.set()
         ray.shutdown()
@@ -741,9 +746,13 @@ def first_clip_rounds(rounds: int, largest: int, tmp: Path, timeout: float) -> d
                 timeout,
                 first_clip_only=True,
             )
-            if r.get("first_clip_from_start_s") is None:
+            # A job whose status rows all came in one batch ends before it can be stopped.
+            first = r.get("first_clip_from_start_s") or (
+                first_clip_from_start(r) if r.get("completed") else None
+            )
+            if first is None:
                 raise RuntimeError(f"the {count}-video job made no clip within {timeout:.0f} s")
-            times[count].append(r["first_clip_from_start_s"])
+            times[count].append(first)
     if not rounds:
         return {}
     base, big = median(times[BASE_VIDEOS]), median(times[largest])
