@@ -17,13 +17,14 @@ blocks:
 evenly among its stages and refuses a stage a task whose expected output (two blocks: 4.8 MB
 for a decode task at 112x112) is larger than what is left of its share (3-4.5 MiB for the
 decoders of the shipped classify job); its last resort starts a refused task only when no task
-of any stage runs, so the stages took turns instead of overlapping. ``bound_stream`` sets the
-stream's ``object_store_memory_pressure_fraction`` (a ``DataContext`` option) so low that Ray
-Data's allowance always applies: a stage with input waiting and no task running may start one
-task past its budget. Memory stays bounded (the budget plus one task's output per stage). On
-2,000 videos the decoders were dispatched 103-116 times through the normal path and never
-through the last resort, against 59-61 and 9-15 without it; on a 1,000,000-row manifest, whose
-listing fills the object store (below), the first clips file came at 16 s instead of 33 s.
+of any stage runs, so a refused stage waited for the whole stream to go idle. ``bound_stream``
+sets the stream's ``object_store_memory_pressure_fraction`` (a ``DataContext`` option) so low
+that Ray Data's allowance always applies: a stage with input waiting and no task running may
+start one task past its budget. Memory stays bounded (the budget plus one task's output per
+stage). On 2,000 videos the decoders were dispatched 99-116 times through the normal path and
+never through the last resort, against 54-61 and 9-16 without it; on a 1,000,000-row manifest,
+whose listing fills the object store (below), the first clips file came at 16 s instead of
+33 s.
 
 The listing's read task itself is not held back: a held read task stays running, and a
 20,000-video job held that way (before the allowance) made no clip in 800 s, and with the
@@ -96,7 +97,8 @@ class StreamBounds(BackpressurePolicy):
 def bound_stream(ds, *, probe: str, listed: int, probed: int) -> None:
     """In ``ds``'s stream, let at most ``listed`` split blocks of the listing wait for the probe
     stage (the first stage whose name holds ``probe``) and ``probed`` probed blocks wait for the
-    decoders; set on the Dataset's own ``DataContext``."""
+    decoders, and let every stage start one task past its object-store budget when it has input
+    and none running; set on the Dataset's own ``DataContext``."""
     ctx = ds.context
     ctx.object_store_memory_pressure_fraction = ONE_TASK_ALLOWANCE_FROM
     policies = ctx.get_config(
