@@ -73,6 +73,7 @@ from bench.common import (
     log,
     machine,
     median,
+    psutil,
     save,
     subprocess_env,
 )
@@ -209,31 +210,12 @@ def shard_nodes(output: Path) -> dict[str, Any]:
     return {"markers": len(markers), "writer_nodes": nodes}
 
 
-_CLK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, title, CPU seconds) of every process on this machine."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        title = cmd[0].decode(errors="replace") if cmd and cmd[0] else stat.split("(")[1][:15]
-        out[int(entry)] = (int(fields[1]), title, (int(fields[11]) + int(fields[12])) / _CLK)
-    return out
-
-
 def _process_group(title: str) -> str:
     """What a process of the job's Ray instance is, from its title (Ray names a worker after
     the task or actor it runs)."""
     if title.startswith("ray::"):
-        name = title[5:].split(".")[0] if "(" not in title else title[5:].rsplit(".", 1)[0]
+        head, _, method = title[5:].rpartition(".")  # "Actor.method" -> "Actor"
+        name = head if head and method.isidentifier() else title[5:]
         for stage in ("DecodeWorker", "ModelWorker", "probe_block", "write_parts", "Streaming"):
             if stage in name:
                 return stage
@@ -251,35 +233,45 @@ class ProcessCpu:
     title at that moment."""
 
     def __init__(self, root: int) -> None:
-        self.me = root
+        self.psutil = psutil()
+        self.root = root
         self.last: dict[int, float] = {}
         self.groups: dict[str, float] = {}
         self.started: float | None = None
         self.wall_s = 0.0
 
+    def _table(self) -> dict[int, tuple[int, str, float]]:
+        """pid -> (parent pid, title, CPU seconds) of the root and its descendants."""
+        ps = self.psutil
+        gone = (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess)
+        try:
+            root = ps.Process(self.root)
+            procs = [root, *root.children(recursive=True)]
+        except gone:
+            return {}
+        table = {}
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                title = (proc.cmdline() or [proc.name()])[0]
+                table[proc.pid] = (proc.ppid(), title, times.user + times.system)
+            except gone:
+                continue
+        return table
+
     def sample(self, count: bool = True) -> None:
-        table = _proc_table()
-        tree, todo = {self.me}, [self.me]
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in tree:
-                    tree.add(child)
-                    todo.append(child)
+        table = self._table()
         now = time.perf_counter()
-        if count and self.started is None:
+        if count and self.started is None:  # the first counted sample is the baseline
             count, self.started = False, now
         if count:
             self.wall_s = now - self.started
-        for pid in tree:
-            ppid, title, cpu = table[pid]
+        for pid, (ppid, title, cpu) in table.items():
             delta = cpu - self.last.get(pid, 0.0)
             self.last[pid] = cpu
             if not count or delta <= 0:
                 continue
-            if pid == self.me:
+            if pid == self.root:
                 group = "driver"
             else:
                 group = _process_group(title)

@@ -247,3 +247,13 @@ def log(msg: str) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def psutil():
+    """psutil, which Ray ships under ``ray/thirdparty_files`` (on ``sys.path`` once ``ray`` is
+    imported)."""
+    import importlib
+
+    import ray  # noqa: F401 - puts ray/thirdparty_files on sys.path
+
+    return importlib.import_module("psutil")

@@ -26,23 +26,13 @@ import time
 from pathlib import Path
 
 from bench import inputs
-from bench.common import Settings, log, save
-
-
-def _psutil():
-    """psutil, which Ray ships under ``ray/thirdparty_files`` (on ``sys.path`` once ``ray`` is
-    imported)."""
-    import importlib
-
-    import ray  # noqa: F401 - puts ray/thirdparty_files on sys.path
-
-    return importlib.import_module("psutil")
+from bench.common import Settings, log, psutil, save
 
 
 class Sampler(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
-        self.psutil = _psutil()
+        self.psutil = psutil()
         self.peak_rss = 0
         self.peak_driver = 0
         self.peak_store = 0
