@@ -362,17 +362,23 @@ def child_job(
     ``first_clip_only``, stop it at its first clip and write only when that came."""
     import ray
 
-    from pipeline.job import run_job
+    from pipeline.job import local_ray_config, run_job
 
     rss_imports = _max_rss()
+    spec = load_job(Path(archive), Path(output))
     t = time.perf_counter()
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    else:  # a node as `vmb run` starts it
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config=local_ray_config(spec, 2),
+        )
     ray_init_s = time.perf_counter() - t
     rows = DriverRows()
-    spec = load_job(Path(archive), Path(output))
     out = Path(output)
     partial = Path(result + ".partial")
     c0, t0, started = time.process_time(), time.perf_counter(), time.time()

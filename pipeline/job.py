@@ -32,7 +32,7 @@ from pipeline.listing_source import listing_report_uri
 from pipeline.models import check_model_spec, check_weights
 from pipeline.output import JobOutput, clips_file, marker_file, remove, videos_file
 from pipeline.ray_logging import ray_init_kwargs
-from pipeline.resources import COMMIT_CPUS, COMMITS_IN_FLIGHT
+from pipeline.resources import COMMIT_CPUS, COMMITS_IN_FLIGHT, worker_processes
 from pipeline.shard_commit import Relist, commit_shard
 from pipeline.shard_tracker import ReadyShard, ShardTracker
 from pipeline.shards import ShardMarker
@@ -117,9 +117,18 @@ def _init_ray(spec: JobSpec, address: str | None):
             num_cpus=spec.ray.num_cpus,
             object_store_memory=spec.ray.object_store_memory,
             include_dashboard=False,
+            _system_config=local_ray_config(spec, spec.ray.num_cpus),
             **logging_kwargs,
         )
     return ray
+
+
+def local_ray_config(spec: JobSpec, num_cpus: int | None) -> dict[str, Any]:
+    """Ray settings of a node started for ``spec``: it keeps an idle worker process while it
+    has at most the stream's worker processes (``resources.worker_processes``), not only as
+    many as CPUs."""
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"num_workers_soft_limit": max(cpus, worker_processes(spec))}
 
 
 def run_job(

@@ -21,6 +21,9 @@ SMALL_STAGES_CPUS = LISTING_CPUS + SPLIT_CPUS + PROBE_CPUS + WRITER_CPUS + COMMI
 WRITERS_IN_FLIGHT = 2
 COMMITS_IN_FLIGHT = 2
 PROBES_IN_FLIGHT = 1
+# Actors Ray Data starts for a stream besides its actor pools: its stats actor, its actor
+# location tracker and its autoscaling coordinator.
+RAY_DATA_ACTORS = 3
 
 # Model batches of decoded clips the object store may hold per model actor. Measured on the
 # overlap benchmark's 249 clips (OpenVINO model, 2 cores): with 3 batches and one-clip blocks the
@@ -63,6 +66,23 @@ def fit_resources(spec: JobSpec, ray) -> StageResources:
         return min(cpus * scale, max(0.1, node_cpu - SMALL_STAGES_CPUS))
 
     return StageResources(fit(spec.decode.num_cpus), [fit(m.num_cpus) for m in spec.models], gpus)
+
+
+def worker_processes(spec: JobSpec) -> int:
+    """Ray worker processes a job's stream keeps busy at once on one node, at most: its actors,
+    Ray Data's own, and the tasks of the listing, its split and the small stages in flight.
+
+    A Ray node stops an idle worker process after a second once it has more workers than its
+    ``num_workers_soft_limit`` (by default its CPU count), actors included. The stream's actors
+    alone outnumber a 2-CPU node's CPUs, so a probe, writer or commit task that found its worker
+    stopped since the last one started a new process and imported Ray Data again (about a second
+    of CPU): 16.5-21.4 s of CPU in worker processes between tasks per 2,000 videos, against
+    8.2-8.8 s with this limit. A node that vmb starts keeps this many (``pipeline.job``); see
+    the README for a cluster's nodes.
+    """
+    actors = spec.decode.actors + sum(m.actors for m in spec.models)
+    tasks = 2 + PROBES_IN_FLIGHT + WRITERS_IN_FLIGHT + COMMITS_IN_FLIGHT
+    return actors + RAY_DATA_ACTORS + tasks
 
 
 def clip_bytes(spec: JobSpec) -> int:
