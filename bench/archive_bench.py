@@ -325,6 +325,11 @@ def first_file_s(output: Path, started: float) -> float | None:
     return min(times) - started if times else None
 
 
+def partial_record(result: str | Path) -> Path:
+    """Where a job child keeps its partial record until ``result`` is written."""
+    return Path(f"{result}.partial")
+
+
 class FirstClipSeen(BaseException):
     """Raised in the job's loop to stop it once its first clip is recorded."""
 
@@ -380,7 +385,7 @@ def child_job(
     ray_init_s = time.perf_counter() - t
     rows = DriverRows()
     out = Path(output)
-    partial = Path(result + ".partial")
+    partial = partial_record(result)
     c0, t0, started = time.process_time(), time.perf_counter(), time.time()
     first_clip = stop_at_first_clip(result, started) if first_clip_only else {}
     watcher = FirstFile(out, partial, t0)
@@ -467,7 +472,7 @@ def run_job_child(
             cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
         )
         cpu = ProcessCpu(proc.pid)
-        partial = Path(str(result) + ".partial")
+        partial = partial_record(result)
         ends = time.monotonic() + timeout + 90
         while proc.poll() is None and time.monotonic() < ends:
             time.sleep(CPU_SAMPLE_S)
@@ -481,7 +486,6 @@ def run_job_child(
             "process_cpu_s": cpu.groups,
             "process_cpu_wall_s": cpu.wall_s,
         }
-    partial = Path(str(result) + ".partial")
     if partial.exists():
         return json.loads(partial.read_text()) | {"timeout_s": timeout}
     raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
@@ -733,6 +737,8 @@ def first_clip_rounds(rounds: int, largest: int, tmp: Path, timeout: float) -> d
     """``rounds`` interleaved pairs of jobs, over ``BASE_VIDEOS`` videos and over ``largest``,
     each stopped at its first clip: seconds from ``run_job``'s start to it, and the ratio of
     the medians (one pair of jobs moves by seconds with the machine's load)."""
+    if not rounds:
+        return {}
     times: dict[int, list[float]] = {BASE_VIDEOS: [], largest: []}
     for i in range(rounds):
         for count in times:
@@ -751,10 +757,9 @@ def first_clip_rounds(rounds: int, largest: int, tmp: Path, timeout: float) -> d
             if first is None:
                 raise RuntimeError(f"the {count}-video job made no clip within {timeout:.0f} s")
             times[count].append(first)
-    if not rounds:
-        return {}
     base, big = median(times[BASE_VIDEOS]), median(times[largest])
     return {
+        "rounds": rounds,
         "videos": largest,
         "times": times,
         "median_base": base,
@@ -983,7 +988,7 @@ def render(p: dict[str, Any]) -> str:
             f"{int(k):,} videos " + ", ".join(f"{t:.2f}" for t in v) for k, v in fc["times"].items()
         )
         out += (
-            f"\nfirst clip, {len(next(iter(fc['times'].values())))} interleaved rounds of jobs "
+            f"\nfirst clip, {fc['rounds']} interleaved rounds of jobs "
             f"stopped at their first clip: median {fc['median']:.2f} s at {fc['videos']:,} videos "
             f"vs {fc['median_base']:.2f} s at {BASE_VIDEOS} = {fc['ratio']:.2f} "
             f"{target(fc['ratio'] <= 1.2)} ({runs} s)"

@@ -76,9 +76,9 @@ def worker_processes(spec: JobSpec) -> int:
     ``num_workers_soft_limit`` (by default its CPU count), actors included. The stream's actors
     alone outnumber a 2-CPU node's CPUs, so a probe, writer or commit task that found its worker
     stopped since the last one started a new process and imported Ray Data again (about a second
-    of CPU): 16.5-21.4 s of CPU in worker processes between tasks per 2,000 videos, against
-    8.2-8.8 s with this limit. A node that vmb starts keeps this many (``pipeline.job``); see
-    the README for a cluster's nodes.
+    of CPU): 16.5-25.3 s of CPU in worker processes between tasks per 2,000 videos in three of
+    five jobs, against 8.2-9.0 s in every job with this limit. A node that vmb starts keeps this
+    many (``pipeline.job``); see the README for a cluster's nodes.
     """
     actors = spec.decode.actors + sum(m.actors for m in spec.models)
     tasks = 2 + PROBES_IN_FLIGHT + WRITERS_IN_FLIGHT + COMMITS_IN_FLIGHT
