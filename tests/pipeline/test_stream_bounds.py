@@ -1,5 +1,6 @@
 """The listing's split and the probe stay a bounded number of blocks ahead of the stages after them,
-on a real stream (listing -> split -> a slow stage standing in for the probe -> one after it)."""
+on a real stream (listing -> split -> a slow stage standing in for the probe -> one after it),
+and the probe waits for the stream's actors to run before it goes further than one task."""
 
 from __future__ import annotations
 
@@ -156,3 +157,89 @@ def test_every_stage_of_a_bounded_stream_may_start_one_task_past_its_budget(ray_
     assert 0 < stream_bounds.ONE_TASK_ALLOWANCE_FROM <= 1e-6
     assert rd.range(10).context.object_store_memory_pressure_fraction is None
     assert rd.DataContext.get_current().object_store_memory_pressure_fraction is None
+
+
+# The start-up hold: the stage after the probe is an actor pool whose actor takes seconds to
+# construct (as the model actor does: torch, weights), standing in for the decoders and models.
+ACTOR_START_S = 4.0
+
+
+class SlowStartingStage:
+    def __init__(self):
+        time.sleep(ACTOR_START_S)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+class StartupRecording(StreamBounds):
+    """The policy, noting what it let the probe start before the actor pool had an actor running
+    (Ray Data may still start a held stage when no task of the stream runs: its liveness rule)."""
+
+    seen: dict[str, int] = {}
+
+    def __init__(self, data_context, topology, resource_manager):
+        super().__init__(data_context, topology, resource_manager)
+        StartupRecording.seen = {"let_start": 0, "let_start_beside_split": 0, "pools": 0}
+
+    def can_add_input(self, op) -> bool:
+        allowed = super().can_add_input(op)
+        if self.probe is not None and op is self.probe and not self.actors_running():
+            seen = StartupRecording.seen
+            seen["pools"] = len(self.pools)
+            if allowed:
+                seen["let_start"] = max(seen["let_start"], op.metrics.num_tasks_submitted + 1)
+                seen["let_start_beside_split"] += int(self.split.num_active_tasks() > 0)
+        return allowed
+
+
+def _startup_stream(folder: Path, output: Path):
+    import ray.data as rd
+    from ray.data._internal.execution.backpressure_policy import (
+        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+    )
+
+    ds = _listing(folder, output)
+    ds.context.target_max_block_size = LISTING_BLOCK_BYTES
+    bound_stream(ds, probe=probe_stub.__name__, listed=LISTED, probed=16)
+    policies = ds.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
+    ds.context.set_config(
+        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+        [StartupRecording if p is StreamBounds else p for p in policies],
+    )
+    ds = split_blocks(ds, BLOCK_ROWS, num_cpus=0.05)
+    ds = ds.map_batches(
+        probe_stub,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.1,
+        compute=rd.TaskPoolStrategy(size=1),
+    )
+    return ds.map_batches(
+        SlowStartingStage,
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=0.15,
+        compute=rd.ActorPoolStrategy(size=1),
+    )
+
+
+def test_the_probe_starts_one_task_until_the_actors_run(ray_session, tmp_path):
+    folder = _archive(tmp_path, 640)  # 20 probe blocks: 1 s of probing, under the actor's start
+    uris = _uris(_startup_stream(folder, tmp_path / "out"))
+    assert sorted(uris) == sorted(str(p) for p in folder.iterdir())
+
+    seen = StartupRecording.seen
+    assert seen["pools"] == 1
+    assert seen["let_start"] == stream_bounds.PROBE_TASKS_BEFORE_ACTORS == 1
+    assert seen["let_start_beside_split"] == 0  # the first probe task waited for the split's
+
+
+def test_without_the_hold_the_probe_runs_ahead_of_starting_actors(
+    ray_session, tmp_path, monkeypatch
+):
+    """The check above can fail: unheld, the probe starts task after task meanwhile."""
+    monkeypatch.setattr(stream_bounds, "PROBE_TASKS_BEFORE_ACTORS", 10**9)
+    folder = _archive(tmp_path, 640)
+    assert len(_uris(_startup_stream(folder, tmp_path / "out"))) == 640
+    assert StartupRecording.seen["let_start"] >= 8
