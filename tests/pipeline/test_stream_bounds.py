@@ -63,7 +63,8 @@ class Recording(StreamBounds):
         return super().can_add_input(op)
 
 
-def _stream(folder: Path, output: Path, listed: int, probed: int):
+def _probed(folder: Path, output: Path, listed: int, probed: int, policy: type):
+    """listing -> split -> probe stand-in, bounded by ``policy`` (a recording StreamBounds)."""
     import ray.data as rd
     from ray.data._internal.execution.backpressure_policy import (
         ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
@@ -75,24 +76,28 @@ def _stream(folder: Path, output: Path, listed: int, probed: int):
     policies = ds.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
     ds.context.set_config(
         ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
-        [Recording if p is StreamBounds else p for p in policies],
+        [policy if p is StreamBounds else p for p in policies],
     )
     ds = split_blocks(ds, BLOCK_ROWS, num_cpus=0.05)
-    ds = ds.map_batches(
+    return ds.map_batches(
         probe_stub,
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=0.1,
         compute=rd.TaskPoolStrategy(size=1),
     )
-    ds = ds.map_batches(
+
+
+def _stream(folder: Path, output: Path, listed: int, probed: int):
+    import ray.data as rd
+
+    return _probed(folder, output, listed, probed, Recording).map_batches(
         decode_stub,
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=0.15,  # not fused with the stage before it
         compute=rd.TaskPoolStrategy(size=1),
     )
-    return ds
 
 
 def _uris(ds) -> list[str]:
@@ -195,27 +200,8 @@ class StartupRecording(StreamBounds):
 
 def _startup_stream(folder: Path, output: Path):
     import ray.data as rd
-    from ray.data._internal.execution.backpressure_policy import (
-        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
-    )
 
-    ds = _listing(folder, output)
-    ds.context.target_max_block_size = LISTING_BLOCK_BYTES
-    bound_stream(ds, probe=probe_stub.__name__, listed=LISTED, probed=16)
-    policies = ds.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
-    ds.context.set_config(
-        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
-        [StartupRecording if p is StreamBounds else p for p in policies],
-    )
-    ds = split_blocks(ds, BLOCK_ROWS, num_cpus=0.05)
-    ds = ds.map_batches(
-        probe_stub,
-        batch_size=None,
-        batch_format="pyarrow",
-        num_cpus=0.1,
-        compute=rd.TaskPoolStrategy(size=1),
-    )
-    return ds.map_batches(
+    return _probed(folder, output, LISTED, 16, StartupRecording).map_batches(
         SlowStartingStage,
         batch_size=None,
         batch_format="pyarrow",
