@@ -15,12 +15,12 @@ PROBE_CPUS = 0.25
 WRITER_CPUS = 0.1
 COMMIT_CPUS = 0.1
 SMALL_STAGES_CPUS = LISTING_CPUS + SPLIT_CPUS + PROBE_CPUS + WRITER_CPUS + COMMIT_CPUS
-# Probe tasks, writer tasks and shard commits running at once. Their CPU requests are fractions,
-# so without a cap Ray would run up to 1 / WRITER_CPUS of them per CPU, each in a worker process
-# of its own that must start and import first: on a 2-CPU node, a storm of process start-ups.
+# Writer tasks (at least) and shard commits running at once; probe tasks: see
+# ``probes_in_flight``. Their CPU requests are fractions, so without a cap Ray would run up to
+# 1 / WRITER_CPUS of them per CPU, each in a worker process of its own that must start and
+# import first: on a 2-CPU node, a storm of process start-ups.
 WRITERS_IN_FLIGHT = 2
 COMMITS_IN_FLIGHT = 2
-PROBES_IN_FLIGHT = 1
 # Actors Ray Data starts for a stream besides its actor pools: its stats actor, its actor
 # location tracker and its autoscaling coordinator.
 RAY_DATA_ACTORS = 3
@@ -68,6 +68,21 @@ def fit_resources(spec: JobSpec, ray) -> StageResources:
     return StageResources(fit(spec.decode.num_cpus), [fit(m.num_cpus) for m in spec.models], gpus)
 
 
+def probes_in_flight(spec: JobSpec) -> int:
+    """Probe tasks running at once: one per decode actor, so probing keeps pace with decoding
+    as a job's decoders are scaled out. A probe reads a few ranges of each file (headers, the
+    container's structure): 0.4-1.5 ms of CPU per local video, but a request's latency each on
+    an object store (tens of ms), where one probe task at a time would cap a cluster's job at a
+    few dozen videos per second."""
+    return spec.decode.actors
+
+
+def writers_in_flight(spec: JobSpec) -> int:
+    """Writer tasks running at once: one per actor of the last model (each writes what that
+    model's batches make), at least ``WRITERS_IN_FLIGHT``."""
+    return max(WRITERS_IN_FLIGHT, spec.models[-1].actors)
+
+
 def worker_processes(spec: JobSpec) -> int:
     """Ray worker processes a job's stream keeps busy at once on one node, at most: its actors,
     Ray Data's own, and the tasks of the listing, its split and the small stages in flight.
@@ -81,7 +96,7 @@ def worker_processes(spec: JobSpec) -> int:
     many (``pipeline.job``); see the README for a cluster's nodes.
     """
     actors = spec.decode.actors + sum(m.actors for m in spec.models)
-    tasks = 2 + PROBES_IN_FLIGHT + WRITERS_IN_FLIGHT + COMMITS_IN_FLIGHT
+    tasks = 2 + probes_in_flight(spec) + writers_in_flight(spec) + COMMITS_IN_FLIGHT
     return actors + RAY_DATA_ACTORS + tasks
 
 

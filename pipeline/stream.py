@@ -21,12 +21,12 @@ from pipeline.probe_stage import probe_block
 from pipeline.resources import (
     LISTING_CPUS,
     PROBE_CPUS,
-    PROBES_IN_FLIGHT,
     SPLIT_CPUS,
     WRITER_CPUS,
-    WRITERS_IN_FLIGHT,
     bound_memory,
     fit_resources,
+    probes_in_flight,
+    writers_in_flight,
 )
 from pipeline.shard_writer import write_parts
 from pipeline.shards import ShardMarker
@@ -89,7 +89,7 @@ def build_stream(
         batch_size=None,  # one task per block of the listing
         batch_format="pyarrow",
         num_cpus=PROBE_CPUS,
-        compute=rd.TaskPoolStrategy(size=PROBES_IN_FLIGHT),
+        compute=rd.TaskPoolStrategy(size=probes_in_flight(spec)),
     )
     ds = ds.flat_map(
         DecodeWorker,
@@ -133,7 +133,7 @@ def build_stream(
         batch_size=WRITER_BATCHES * spec.models[-1].batch_size,
         batch_format="pyarrow",
         num_cpus=WRITER_CPUS,
-        compute=rd.TaskPoolStrategy(size=WRITERS_IN_FLIGHT),
+        compute=rd.TaskPoolStrategy(size=writers_in_flight(spec)),
     )
 
 

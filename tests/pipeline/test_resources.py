@@ -1,4 +1,5 @@
-"""How many worker processes a node that vmb starts keeps (``num_workers_soft_limit``)."""
+"""What a job's stream asks of the cluster: the probe and writer tasks it runs at once, and how
+many worker processes a node that vmb starts keeps (``num_workers_soft_limit``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import sys
 from pipeline.job import local_ray_config
 from pipeline.resources import (
     COMMITS_IN_FLIGHT,
-    PROBES_IN_FLIGHT,
     RAY_DATA_ACTORS,
     WRITERS_IN_FLIGHT,
+    probes_in_flight,
     worker_processes,
+    writers_in_flight,
 )
 from tests.pipeline.cli_util import REPO, env_without_ray
 from tests.pipeline.jobs_util import tiny_spec
@@ -28,7 +30,10 @@ def test_a_started_node_keeps_a_worker_process_for_every_process_of_the_stream(t
         ],
         decode={"actors": 3},
     )
-    small_tasks = 2 + PROBES_IN_FLIGHT + WRITERS_IN_FLIGHT + COMMITS_IN_FLIGHT  # + listing, split
+    # A probe task per decode actor, a writer per actor of the last model (at least two).
+    assert probes_in_flight(spec) == 3
+    assert writers_in_flight(spec) == WRITERS_IN_FLIGHT == 2
+    small_tasks = 2 + 3 + 2 + COMMITS_IN_FLIGHT  # + the listing and its split
     assert worker_processes(spec) == 3 + 2 + 1 + RAY_DATA_ACTORS + small_tasks
     # Ray's own default (one per CPU) is kept where it is the larger.
     assert local_ray_config(spec, 2) == {"num_workers_soft_limit": worker_processes(spec)}
@@ -63,3 +68,32 @@ def test_the_node_a_job_starts_carries_the_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     node, wanted = json.loads(proc.stdout.strip().splitlines()[-1])
     assert node == wanted >= 12  # 1 decode + 1 model actor, Ray Data's 3, 7 small tasks
+
+
+def _task_pool_sizes(ds) -> dict[str, int | None]:
+    """Task-pool stage name -> tasks it may run at once, read off the Dataset's logical plan."""
+    from ray.data import TaskPoolStrategy
+
+    sizes, ops = {}, [ds._logical_plan.dag]
+    while ops:
+        op = ops.pop()
+        if isinstance(getattr(op, "compute", None), TaskPoolStrategy):
+            sizes[op.name] = op.compute.size
+        ops.extend(op.input_dependencies)
+    return sizes
+
+
+def test_probes_and_writers_scale_with_the_actors_they_serve(ray_session, tmp_path):
+    from pipeline.stream import build_stream
+
+    (tmp_path / "in").mkdir()
+    spec = tiny_spec(
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        models=[{"name": "frame-average", "batch_size": 4, "actors": 5}],
+        decode={"actors": 3},
+    )
+    ds = build_stream(spec, ray_session, job_id="j", run="r", markers={}, versions={})
+    sizes = _task_pool_sizes(ds)
+    assert sizes["MapBatches(probe_block)"] == 3  # one per decode actor
+    assert sizes["MapBatches(write_parts)"] == 5  # one per actor of the last model
