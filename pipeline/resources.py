@@ -70,10 +70,11 @@ def fit_resources(spec: JobSpec, ray) -> StageResources:
 
 def probes_in_flight(spec: JobSpec) -> int:
     """Probe tasks running at once: one per decode actor, so probing keeps pace with decoding
-    as a job's decoders are scaled out. A probe reads a few ranges of each file (headers, the
-    container's structure): 0.4-1.5 ms of CPU per local video, but a request's latency each on
-    an object store (tens of ms), where one probe task at a time would cap a cluster's job at a
-    few dozen videos per second."""
+    as a job's decoders are scaled out. A probe reads a few ranges of each file (its head, the
+    container's structure, the first packet): 0.4-1.5 ms of CPU per local video, but on an
+    object store each read waits for a request. At five requests of 20 ms a video (an estimate,
+    not measured here), one probe task at a time would feed a whole cluster ten videos a
+    second."""
     return spec.decode.actors
 
 

@@ -32,8 +32,8 @@ actor's construction took 3.2-3.7 s with probes and two worker start-ups beside 
 20 videos, 2.6 s held. The first clip (median of three interleaved rounds, docs/BENCHMARKS.md
 "Day eight"): 6.11 s for 2,000 videos against 5.45 s for 20 (1.12x; 1.31x before), 6.02 s for
 20,000 against 5.52 s (1.09x; 1.27x before, with a listing walk that took twice the CPU it
-takes now). Once the actors run, only the bounds above apply; a pool whose only actor restarts holds
-the probe again meanwhile.
+takes now). Once the actors run, only the bounds above apply; a pool whose only actor restarts
+holds the probe again meanwhile.
 
 **Every stage can always start one task.** Ray Data divides the stream's object-store budget
 evenly among its stages and refuses a stage a task whose expected output (two blocks: 4.8 MB
