@@ -171,3 +171,30 @@ def test_mlflow_run_records_the_job(ray_session, archive, tmp_path, isolated_env
     assert run.data.params["sampling.clip_len"] == str(TINY_SAMPLING["clip_len"])
     names = {a.path for a in MlflowClient(isolated_env).list_artifacts(result.run_id)}
     assert {"summary.json", "spec.toml", "throughput.png", "label_histogram.png"} <= names
+
+
+def test_scaled_out_actors_probe_and_write_several_tasks_at_once(ray_session, tmp_path):
+    """Two decode and two model actors: two probe and two writer tasks in flight, over three
+    probe blocks of videos; every video and clip once."""
+    import os
+
+    root = tmp_path / "in"
+    root.mkdir()
+    made = [make_video(root / f"src{i}.mp4", num_frames=24, seed=i) for i in range(2)]
+    for i in range(70):  # distinct names, distinct video ids: 70 videos, three probe blocks
+        os.link(made[i % 2], root / f"v{i:03d}.mp4")
+    for path in made:
+        os.unlink(path)
+    out = tmp_path / "out"
+    spec = tiny_spec(
+        str(root),
+        str(out),
+        models=[{"name": "frame-average", "batch_size": 4, "actors": 2}],
+        decode={"actors": 2},
+    )
+    result = run_job(spec)
+    vids = read_table(str(out), "videos").to_pylist()
+    assert len(vids) == 70 and {v["status"] for v in vids} == {"ok"}
+    clips = read_table(str(out), "clips")
+    assert set(clip_key_counts(clips).values()) == {1}
+    assert clips.num_rows == 70 * _expected_clips([root / "v000.mp4"]) == result.summary["clips"]
